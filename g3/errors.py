@@ -1,0 +1,27 @@
+"""Exception types raised by g3. Every one says what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class G3Error(Exception):
+    """Base class of all errors raised on purpose by g3."""
+
+
+class InvalidCoordinatesError(G3Error, ValueError):
+    """Latitude/longitude values that are NaN, infinite or out of range."""
+
+
+class CheckpointError(G3Error):
+    """A checkpoint or weight file that is missing, corrupt, or does not fit the model."""
+
+
+class CorpusError(G3Error):
+    """A corpus (CSV + images) that cannot be read as asked."""
+
+
+class MissingDependencyError(G3Error, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TrainingError(G3Error):
+    """A training run that cannot start or resume as asked."""
