@@ -41,9 +41,7 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.ravel())[0])
 
 
-def validate_coordinates(
-    lat: object, lon: object, *, what: str = "coordinates"
-) -> tuple[np.ndarray, np.ndarray]:
+def validate_coordinates(lat: object, lon: object, *, what: str = "coordinates") -> tuple[np.ndarray, np.ndarray]:
     """Check latitudes/longitudes and return them as float64 arrays.
 
     Args:
@@ -66,13 +64,13 @@ def validate_coordinates(
         if not finite.all():
             i = _first_bad(~finite)
             raise InvalidCoordinatesError(
-                f"{what}: {name} at position {i} is {values.ravel()[i]!r}; expected a finite number of degrees"
+                f"{what}: {name} at position {i} is {float(values.ravel()[i])!r}; expected a finite number of degrees"
             )
         out = np.abs(values) > limit
         if out.any():
             i = _first_bad(out)
             raise InvalidCoordinatesError(
-                f"{what}: {name} at position {i} is {values.ravel()[i]!r}, outside [-{limit:g}, {limit:g}] "
+                f"{what}: {name} at position {i} is {float(values.ravel()[i])!r}, outside [-{limit:g}, {limit:g}] "
                 "degrees (are latitude and longitude swapped?)"
             )
     return lat_a, lon_a
@@ -123,7 +121,7 @@ def haversine_km(lat1: ArrayT, lon1: ArrayT, lat2: ArrayT, lon2: ArrayT) -> Arra
     dphi_n = p2n - p1n
     dlmb_n = np.radians(np.asarray(lon2, np.float64)) - np.radians(np.asarray(lon1, np.float64))
     an = np.sin(dphi_n / 2) ** 2 + np.cos(p1n) * np.cos(p2n) * np.sin(dlmb_n / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(an, 0.0, 1.0)))  # type: ignore[return-value]
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(an, 0.0, 1.0)))
 
 
 def pairwise_haversine_km(a: ArrayT, b: ArrayT) -> ArrayT:

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random CLIP folders built offline, small aligner configurations."""
+
+from __future__ import annotations
+
+import os
+
+# No test may reach a model hub: fail fast instead of retrying for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path
+
+import pytest
+
+from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
+from g3.models.tiny import build_tiny_clip
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP (32×32 images, 32-d embeddings) saved like a hub checkpoint."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def small_rff() -> RFFEncoderConfig:
+    """A narrow GeoCLIP-style location encoder, quick on CPU."""
+    return RFFEncoderConfig(rff_features=32, hidden_dim=64, out_dim=64)
+
+
+@pytest.fixture()
+def tiny_aligner(tiny_clip_dir: Path, small_rff: RFFEncoderConfig) -> GeoAligner:
+    return GeoAligner.from_clip(AlignerConfig(clip=str(tiny_clip_dir), location_encoder=small_rff), seed=0)
