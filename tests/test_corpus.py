@@ -639,18 +639,22 @@ def test_pickled_tar_corpus_reads_in_child_process(tmp_path: Path, images: dict[
 
 
 def _read_inherited(corpus: GeoCorpus, queue: multiprocessing.Queue) -> None:
-    queue.put((os.getpid(), [hashlib.sha1(corpus.read_image(i).tobytes()).hexdigest() for i in range(len(corpus))]))
+    hashes = [hashlib.sha1(corpus.read_image(i).tobytes()).hexdigest() for i in range(len(corpus))]
+    queue.put((os.getpid(), corpus.store._pid, hashes))
 
 
-def test_forked_child_reopens_inherited_tar_handle(tmp_path: Path, images: dict[str, bytes]) -> None:
+@pytest.mark.parametrize(("name", "mode"), [("images.tar", "w"), ("images.tar.gz", "w:gz")])
+def test_forked_child_reopens_inherited_tar_handle(
+    tmp_path: Path, images: dict[str, bytes], name: str, mode: str
+) -> None:
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("fork is not available here")
-    tar_path = _make_tar(tmp_path / "images.tar", images)
+    tar_path = _make_tar(tmp_path / name, images, mode=mode)
     corpus = GeoCorpus.load(_write_corpus_csv(tmp_path / "c.csv"), tar_path, progress=True)
     expected = [hashlib.sha1(corpus.read_image(i).tobytes()).hexdigest() for i in range(len(corpus) - 1)]
     corpus = corpus.subset(list(range(len(corpus) - 1)))  # drop corrupt.jpg (last row)
-    parent_fd = corpus.store._fd
-    assert parent_fd is not None and corpus.store._pid == os.getpid()
+    parent_handle = corpus.store._fd if corpus.store._tar is None else corpus.store._tar
+    assert parent_handle is not None and corpus.store._pid == os.getpid()
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     children = [ctx.Process(target=_read_inherited, args=(corpus, queue)) for _ in range(2)]
@@ -660,9 +664,10 @@ def test_forked_child_reopens_inherited_tar_handle(tmp_path: Path, images: dict[
     for child in children:
         child.join(timeout=60)
         assert child.exitcode == 0
-    assert {pid for pid, _ in results} == {c.pid for c in children}
-    assert all(hashes == expected for _, hashes in results)
-    assert corpus.store._fd == parent_fd  # the parent's handle is untouched
+    assert {pid for pid, _, _ in results} == {c.pid for c in children}
+    assert all(handle_pid == pid for pid, handle_pid, _ in results)  # each child opened its own handle
+    assert all(hashes == expected for _, _, hashes in results)
+    assert parent_handle in (corpus.store._fd, corpus.store._tar)  # the parent's handle is untouched
     assert [hashlib.sha1(corpus.read_image(i).tobytes()).hexdigest() for i in range(len(corpus))] == expected
 
 

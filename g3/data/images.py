@@ -170,6 +170,8 @@ class TarImageStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise CorpusError(f"tar file {str(self.path)!r} does not exist")
+        if not tarfile.is_tarfile(self.path):
+            raise CorpusError(f"{str(self.path)!r} is not a tar file (plain or compressed)")
         self.index_cache = None if index_cache is None else Path(index_cache)
         self.compressed = _is_compressed_tar(self.path)
         if self.compressed:
@@ -229,7 +231,7 @@ class TarImageStore:
                 while (member := tf.next()) is not None:
                     # TarFile keeps every TarInfo it reads; with millions of members that is gigabytes.
                     tf.members.clear()  # type: ignore[attr-defined]
-                    if member.isreg():
+                    if member.isreg() and not member.issparse():
                         names.append(os.path.basename(member.name).encode("utf-8", "surrogateescape"))
                         offsets.append(member.offset_data)
                         sizes.append(member.size)
@@ -261,7 +263,12 @@ class TarImageStore:
         if (meta.get("version"), meta.get("tar_size"), meta.get("tar_mtime_ns")) != (TAR_INDEX_VERSION, *key):
             logger.info("tar index cache %s is stale (the tar changed); rebuilding it", cache)
             return None
-        if not (len(names) == len(offsets) == len(sizes)):
+        consistent = (
+            len(names) == len(offsets) == len(sizes)
+            and (len(names) == 0 or names.dtype.kind == "S")
+            and bool(np.all(names[:-1] < names[1:]))  # sorted and unique, as lookups assume
+        )
+        if not consistent:
             logger.warning("tar index cache %s is inconsistent; rebuilding it", cache)
             return None
         if len(names) == 0:
@@ -423,6 +430,8 @@ def open_image_store(
     """
     p = Path(path)
     if p.is_dir():
+        if index_cache is not None:
+            logger.warning("ignoring index_cache=%s: %s is a folder, not a tar file", index_cache, p)
         return FolderImageStore(p)
     if not p.exists():
         raise CorpusError(f"image location {str(p)!r} does not exist; pass an image folder or a tar file")
@@ -465,8 +474,6 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         except Exception as exc:  # a broken EXIF block must not make a good image unreadable
             logger.debug("ignoring unreadable EXIF orientation of %s: %s", name, exc)
         return _to_rgb(img)
-    except CorpusError:
-        raise
     except Exception as exc:
         raise _decode_error(name, exc) from exc
 
