@@ -107,7 +107,8 @@ class GeoAligner(nn.Module):
         init = torch.tensor(float(config.logit_scale_init))
         self.logit_scale_text = nn.Parameter(init.clone())
         self.logit_scale_gps = nn.Parameter(init.clone())
-        self.logit_scale_text_gps = nn.Parameter(init.clone())
+        # The text↔GPS temperature trains only when its loss term is on (DDP rejects unused parameters).
+        self.logit_scale_text_gps = nn.Parameter(init.clone(), requires_grad=config.loss_weights.text_gps > 0)
         self.image_processor = image_processor
         self.tokenizer = tokenizer
 
@@ -149,6 +150,12 @@ class GeoAligner(nn.Module):
     def key_dim(self) -> int:
         """Width of the retrieval key, ``3·D``."""
         return 3 * self.embed_dim
+
+    @property
+    def text_max_length(self) -> int:
+        """Token limit of captions: the configured limit within CLIP's position table."""
+        positions = self.clip.config.text_config.max_position_embeddings  # type: ignore[union-attr]
+        return min(self.config.text_max_length, int(positions))
 
     @property
     def device(self) -> torch.device:
