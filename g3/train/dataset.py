@@ -30,8 +30,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-class AlignmentDataset(Dataset[dict[str, Any] | None]):
-    """Rows of a corpus as (pixel values, caption, lat/lon); unreadable images come back as ``None``."""
+class AlignmentDataset(Dataset[dict[str, Any]]):
+    """Rows of a corpus as (pixel values, caption, lat/lon); an unreadable image gives ``{"skipped": IMG_ID}``."""
 
     def __init__(self, corpus: GeoCorpus, image_processor: Any, augment_config: AugmentConfig, seed: int) -> None:
         self.corpus = corpus
@@ -44,7 +44,7 @@ class AlignmentDataset(Dataset[dict[str, Any] | None]):
     def __len__(self) -> int:
         return len(self.corpus)
 
-    def __getitem__(self, key: SampleKey) -> dict[str, Any] | None:  # type: ignore[override]
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         index, epoch = key
         try:
             image = self.corpus.read_image(index)

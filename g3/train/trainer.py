@@ -170,7 +170,11 @@ def train_aligner(
                 run, state, unwrapped.trainable_state_dict(), optimizer.state_dict(), meta, keep=config.keep_checkpoints
             )
 
+    last_validated = -1
+
     def validate() -> None:
+        nonlocal last_validated
+        last_validated = state.step
         accelerator.wait_for_everyone()
         if main:
             result = gps_retrieval_accuracy(unwrapped, val_set)
@@ -261,6 +265,8 @@ def train_aligner(
         log.warning("%d training images could not be read and were skipped", state.skipped_images)
     final = None
     finished = state.epoch >= config.epochs or (config.max_steps is not None and state.step >= config.max_steps)
+    if finished and last_validated != state.step:
+        validate()  # the final model always gets a validation
     if finished and main:
         final = run / FINAL
         unwrapped.save_pretrained(str(final), include_clip=config.export_clip)

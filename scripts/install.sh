@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install g3 with its development tools into a virtual environment (default: .venv).
+#
+#   bash scripts/install.sh                 # CPU machine: torch 2.13.0 CPU wheel
+#   G3_TORCH="torch==2.14.0" G3_EXTRAS="dev,gpu" bash scripts/install.sh   # GPU machine with vLLM
+#
+# torch is installed first and pinned, because an unpinned torch pulls a multi-GB CUDA build.
+# geoclip (whose pretrained location encoder the tests check against) is installed without its
+# declared dependencies: it declares torchvision, which g3 does not need and which breaks
+# transformers' image processors when its build does not match torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+G3_TORCH="${G3_TORCH:-torch==2.13.0}"
+G3_EXTRAS="${G3_EXTRAS:-dev}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet "$G3_TORCH"
+"$VENV/bin/python" -m pip install --quiet -e ".[$G3_EXTRAS]"
+"$VENV/bin/python" -m pip install --quiet --no-deps "geoclip==1.3.0"
+"$VENV/bin/g3" version >/dev/null
+echo "g3 installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

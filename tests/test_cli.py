@@ -1,0 +1,108 @@
+"""The `g3` console script, run as a user runs it (a subprocess of the installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+from synthetic import make_corpus
+
+from g3.models import GeoAligner
+
+G3 = shutil.which("g3") or str(Path(sys.executable).with_name("g3"))
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([G3, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"g3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_and_version() -> None:
+    out = run("--help").stdout
+    for command in ("train", "aligner", "corpus", "version"):
+        assert command in out
+    assert run("version").stdout.strip() == "0.1.0"
+
+
+@pytest.mark.slow
+def test_train_then_resume_from_the_command_line(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    csv, images = make_corpus(tmp_path / "data", per_region=8)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "aligner:\n"
+        f"  clip: {tiny_clip_dir}\n"
+        "  location_encoder: {kind: rff, rff_features: 16, hidden_dim: 32, out_dim: 32}\n"
+        "train:\n"
+        "  batch_size: 8\n  lr: 0.001\n  val_fraction: 0.25\n  num_workers: 1\n"
+        "  init_location_encoder: keep\n  log_every_steps: 2\n"
+    )
+    run_dir = tmp_path / "run"
+    common = ["--min-image-bytes", "0", "--save-every", "3", "--no-progress"]
+    run("train", "--corpus", str(csv), "--images", str(images), "--config", str(config), "--out", str(run_dir),
+        "--max-steps", "4", *common)  # fmt: skip
+    assert (run_dir / "final" / "model.safetensors").is_file()
+    first = GeoAligner.from_pretrained(str(run_dir / "final"))
+    again = run("train", "--corpus", str(csv), "--images", str(images), "--config", str(config), "--out",
+                str(run_dir), *common, check=False)  # fmt: skip
+    assert again.returncode == 2 and "already holds a training run" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    proc = run("train", "--out", str(run_dir), "--resume", "--max-steps", "9", *common)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 9 and '"val"' in proc.stdout
+    resumed = GeoAligner.from_pretrained(str(run_dir / "final"))
+    assert not torch.equal(first.image_gps_head[0].weight, resumed.image_gps_head[0].weight)
+    report = json.loads((run_dir / "corpus_report.json").read_text())
+    assert report["total_rows"] == 48 and report["kept"] == 48
+
+
+def test_convert_official_checkpoint(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    from test_official_checkpoint import REPLICA  # the official layout, reproduced
+
+    pytest.importorskip("pyproj")
+    pkg = tmp_path / "src" / "official_g3_replica.py"
+    pkg.parent.mkdir()
+    pkg.write_text(REPLICA)
+    sys.path.insert(0, str(pkg.parent))
+    try:
+        import official_g3_replica
+
+        model = official_g3_replica.G3(str(tiny_clip_dir))
+    finally:
+        sys.path.remove(str(pkg.parent))
+    torch.save(model.state_dict(), tmp_path / "g3.pth")
+    run("aligner", "convert", str(tmp_path / "g3.pth"), str(tmp_path / "converted"), "--clip", str(tiny_clip_dir))
+    info = json.loads(run("aligner", "info", str(tmp_path / "converted")).stdout)
+    assert info["aligner"]["location_encoder"]["projection"] == "mercator"
+    assert info["trained_parameters"] > 9_000_000  # GeoCLIP-sized location encoder + heads
+    ours = GeoAligner.from_pretrained(str(tmp_path / "converted"))
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(px).gps_aligned, model.gps_image_embeds(px))
+
+    bad = run("aligner", "convert", str(tmp_path / "absent.pth"), str(tmp_path / "x"), check=False)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_corpus_check_on_real_im2gps3k_metadata(tmp_path: Path) -> None:
+    csv = SHARED_DATA / "im2gps3k" / "images_cc_subset500.csv"
+    images = SHARED_DATA / "im2gps3k" / "images_cc_subset500"
+    if not images.is_dir():
+        pytest.skip(f"{images} is not available")
+    proc = run("corpus", "check", str(csv), "--images", str(images), "--no-require-country",
+               "--report", str(tmp_path / "report.json"))  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["total_rows"] == 500 and report["kept"] == 500
+    assert "500" in proc.stdout
+    missing_country = run("corpus", "check", str(csv), "--images", str(images), check=False)
+    assert missing_country.returncode == 2 and "require_country" in missing_country.stderr.replace("-", "_")
