@@ -106,3 +106,29 @@ def test_corpus_check_on_real_im2gps3k_metadata(tmp_path: Path) -> None:
     assert "500" in proc.stdout
     missing_country = run("corpus", "check", str(csv), "--images", str(images), check=False)
     assert missing_country.returncode == 2 and "require_country" in missing_country.stderr.replace("-", "_")
+
+
+@pytest.mark.slow
+def test_distributed_training_on_two_cpu_processes(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """DDP through accelerate (gloo on CPU): batches sharded, only the main process writes."""
+    csv, images = make_corpus(tmp_path / "data", per_region=8)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"aligner:\n  clip: {tiny_clip_dir}\n"
+        "  location_encoder: {kind: rff, rff_features: 16, hidden_dim: 32, out_dim: 32}\n"
+        "train: {batch_size: 8, lr: 0.001, val_fraction: 0.25, num_workers: 0, init_location_encoder: keep}\n"
+    )
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "g3.cli", "train", "--corpus", str(csv),
+         "--images", str(images), "--config", str(config), "--out", str(tmp_path / "run"), "--max-steps", "6",
+         "--min-image-bytes", "0", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("training on 2 process(es)") == 2
+    assert proc.stderr.count("trained aligner saved to") == 1  # the main process alone writes
+    # 36 training images / 8 = 4 steps an epoch: the epoch end and the last step
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    assert GeoAligner.from_pretrained(str(tmp_path / "run" / "final")).config.location_encoder.hidden_dim == 32

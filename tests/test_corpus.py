@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
 from g3.data import (
@@ -38,8 +39,8 @@ from g3.data import (
 )
 from g3.errors import CorpusError, InvalidCoordinatesError
 
-REAL_CSV = Path("/work/shared/data/im2gps3k/images_cc_subset500.csv")
-REAL_IMAGES = Path("/work/shared/data/im2gps3k/images_cc_subset500")
+REAL_CSV = SHARED_DATA / "im2gps3k" / "images_cc_subset500.csv"
+REAL_IMAGES = SHARED_DATA / "im2gps3k" / "images_cc_subset500"
 
 
 # --- synthetic images ------------------------------------------------------------------------------

@@ -192,3 +192,14 @@ def test_train_config_yaml(tmp_path: Path) -> None:
     path.write_text("train:\n  batch_sise: 64\n")
     with pytest.raises(TrainingError, match="batch_sise"):
         TrainConfig.from_yaml(path)
+
+
+def test_paper_config_file_matches_the_defaults() -> None:
+    import yaml
+
+    from g3.models import AlignerConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "train_paper.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert AlignerConfig.model_validate(data["aligner"]) == AlignerConfig()
+    assert TrainConfig.from_yaml(path) == TrainConfig()

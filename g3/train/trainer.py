@@ -144,6 +144,15 @@ def train_aligner(
         corpus.report.save(run / "corpus_report.json")
         atomic_write_text(run / "val_ids.txt", "\n".join(val_set.frame["IMG_ID"].astype(str)) + "\n")
     metrics = _MetricsLog(run / "metrics.jsonl", main)
+    log.info(
+        "training on %d process(es) (%s): %d train / %d validation images, %d steps an epoch of batch %d",
+        accelerator.num_processes,
+        accelerator.device,
+        len(train_set),
+        len(val_set),
+        batches_per_epoch,
+        config.batch_size,
+    )
 
     params = [p for p in aligner.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
