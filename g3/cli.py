@@ -212,10 +212,19 @@ def corpus_check(
 
 def main() -> None:
     """Console entry point."""
+    import yaml
+    from pydantic import ValidationError
+
     try:
         app()
     except G3Error as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        typer.echo(f"error: invalid configuration: {exc}", err=True)
+        raise SystemExit(2) from None
+    except yaml.YAMLError as exc:
+        typer.echo(f"error: cannot parse the YAML configuration: {exc}", err=True)
         raise SystemExit(2) from None
 
 

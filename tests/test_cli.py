@@ -132,3 +132,17 @@ def test_distributed_training_on_two_cpu_processes(tmp_path: Path, tiny_clip_dir
     # 36 training images / 8 = 4 steps an epoch: the epoch end and the last step
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
     assert GeoAligner.from_pretrained(str(tmp_path / "run" / "final")).config.location_encoder.hidden_dim == 32
+
+
+def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
+    csv, images = make_corpus(tmp_path / "data", per_region=1)
+    config = tmp_path / "train.yaml"
+    config.write_text("train:\n  batch_sise: 8\n")
+    proc = run("train", "--corpus", str(csv), "--images", str(images), "--config", str(config),
+               "--out", str(tmp_path / "run"), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "invalid configuration" in proc.stderr and "batch_sise" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    config.write_text("train: [unclosed\n")
+    proc = run("train", "--corpus", str(csv), "--images", str(images), "--config", str(config),
+               "--out", str(tmp_path / "run"), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "cannot parse the YAML" in proc.stderr and "Traceback" not in proc.stderr
