@@ -25,3 +25,11 @@ class MissingDependencyError(G3Error, ImportError):
 
 class TrainingError(G3Error):
     """A training run that cannot start or resume as asked."""
+
+
+class GeoIndexError(G3Error):
+    """A geo index that cannot be built, read, or used with the given aligner."""
+
+
+class GeocodingError(G3Error):
+    """A geocoding service that failed or answered unusably; the message names the coordinate."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,3 +55,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> None:
     """Serialise ``obj`` as JSON (sorted keys, trailing newline) and write it atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move a completely written folder ``staging`` to ``target``, replacing an existing ``target``.
+
+    ``staging`` must be on the same file system (a sibling made with ``tempfile.mkdtemp(dir=...)``).
+    """
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)

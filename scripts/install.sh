@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 G3_TORCH="${G3_TORCH:-torch==2.13.0}"
-G3_EXTRAS="${G3_EXTRAS:-dev}"
+G3_EXTRAS="${G3_EXTRAS:-dev,cpu}"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"

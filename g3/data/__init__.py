@@ -15,6 +15,7 @@ from g3.data.corpus import (
     CorpusReport,
     GeoCorpus,
 )
+from g3.data.geocode import NominatimGeocoder, fill_location_text, reverse_geocode_offline
 from g3.data.images import (
     FolderImageStore,
     ImageStore,
@@ -25,6 +26,7 @@ from g3.data.images import (
     open_image_store,
     verify_image,
 )
+from g3.data.torch_dataset import CorpusImages
 
 __all__ = [
     "CAPTION_FIELDS",
@@ -34,16 +36,20 @@ __all__ = [
     "MIN_IMAGE_BYTES",
     "REQUIRED_COLUMNS",
     "TEXT_COLUMNS",
+    "CorpusImages",
     "CorpusReport",
     "FolderImageStore",
     "GeoCorpus",
     "ImageStore",
+    "NominatimGeocoder",
     "TarImageStore",
     "caption_for",
     "captions_for_frame",
     "decode_image",
+    "fill_location_text",
     "image_file_name",
     "image_sizes",
     "open_image_store",
+    "reverse_geocode_offline",
     "verify_image",
 ]

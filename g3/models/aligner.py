@@ -133,6 +133,12 @@ class GeoAligner(nn.Module):
 
         return load_aligner(path, clip_source=clip_source)
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the configuration and all weights; see `g3.models.checkpoint.aligner_fingerprint`."""
+        from g3.models.checkpoint import aligner_fingerprint
+
+        return aligner_fingerprint(self)
+
     def save_pretrained(self, path: str, *, include_clip: bool = True) -> None:
         """Save config + safetensors weights (+ the CLIP folder unless ``include_clip=False``)."""
         from g3.models.checkpoint import save_aligner

@@ -8,7 +8,6 @@ only once complete (written under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from g3.errors import TrainingError
-from g3.io import atomic_write_json
+from g3.io import atomic_write_json, replace_folder
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
@@ -65,9 +64,7 @@ def save_checkpoint(
         )
         torch.save(optimizer_state, staging / "optimizer.pt")
         atomic_write_json(staging / "state.json", {"loop": asdict(state), **meta})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

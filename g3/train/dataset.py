@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -11,13 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from g3.data import GeoCorpus
-from g3.errors import CorpusError
+from g3.data import CorpusImages, GeoCorpus
 from g3.train.augment import AugmentConfig, augment
-
-log = logging.getLogger(__name__)
 
 #: A dataset key: (row index, epoch). The epoch travels with the index so that worker processes,
 #: which hold their own copy of the dataset, seed each sample's augmentation identically.
@@ -31,29 +28,31 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class AlignmentDataset(Dataset[dict[str, Any]]):
-    """Rows of a corpus as (pixel values, caption, lat/lon); an unreadable image gives ``{"skipped": IMG_ID}``."""
+    """Rows of a corpus as (augmented pixel values, caption, lat/lon), keyed by `SampleKey`.
+
+    An unreadable image gives ``{"skipped": IMG_ID}`` (see `g3.data.CorpusImages`).
+    """
 
     def __init__(self, corpus: GeoCorpus, image_processor: Any, augment_config: AugmentConfig, seed: int) -> None:
-        self.corpus = corpus
-        self.image_processor = image_processor
         self.augment_config = augment_config
         self.seed = seed
+        self.images = CorpusImages(corpus, image_processor, transform=self._augment)
         self.coordinates = corpus.coordinates().astype(np.float32)
         self.captions = corpus.captions()
 
+    def _augment(self, image: Image.Image, row: int, key: Any) -> Image.Image:
+        epoch = key[1]
+        return augment(image, random.Random(sample_seed(self.seed, epoch, row)), self.augment_config)
+
     def __len__(self) -> int:
-        return len(self.corpus)
+        return len(self.images)
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
-        index, epoch = key
-        try:
-            image = self.corpus.read_image(index)
-        except CorpusError as exc:
-            log.warning("skipping unreadable training image: %s", exc)
-            return {"skipped": self.corpus.image_id(index)}
-        image = augment(image, random.Random(sample_seed(self.seed, epoch, index)), self.augment_config)
-        pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        return {"pixel_values": pixels, "caption": self.captions[index], "latlon": self.coordinates[index]}
+        item = self.images[key]
+        if "skipped" in item:
+            return item
+        row = item["row"]
+        return {"pixel_values": item["pixel_values"], "caption": self.captions[row], "latlon": self.coordinates[row]}
 
 
 @dataclass

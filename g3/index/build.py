@@ -1,0 +1,223 @@
+"""Building a `GeoIndex` from a corpus: encode in shards (resumable), then assemble the FAISS index.
+
+Encoding writes one shard per ``shard_size`` corpus rows into a work folder beside the output
+(``.NAME.build/``); an interrupted build started again with the same aligner and corpus skips the
+shards already written. Images that cannot be read are skipped, counted and listed in
+``build_report.json``; they never silently change the row count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader
+
+from g3.data import CorpusImages, GeoCorpus
+from g3.errors import GeoIndexError
+from g3.index.backend import FaissBackend
+from g3.index.geo_index import GeoIndex, metadata_table, new_faiss_index, new_manifest, train_faiss_index
+from g3.io import atomic_open, atomic_write_json
+from g3.models import GeoAligner
+
+log = logging.getLogger(__name__)
+
+BUILD_REPORT = "build_report.json"
+
+
+class IndexBuildConfig(BaseModel):
+    """Knobs of `build_index`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(default="Flat", description="FAISS factory string: 'Flat' (exact, G3), 'IVF4096,PQ64', 'HNSW32'")
+    batch_size: int = Field(default=256, ge=1, description="images per encoding batch")
+    shard_size: int = Field(default=65_536, ge=1, description="corpus rows per resumable shard")
+    num_workers: int = Field(default=4, ge=0, description="image-decoding worker processes")
+    train_size: int | None = Field(default=None, ge=1, description="training sample for IVF/PQ (default ≤200k)")
+    seed: int = 0
+    search_params: dict[str, int] = Field(default_factory=dict, description="e.g. nprobe, efSearch")
+    keep_shards: bool = Field(default=False, description="keep the encoded shards after assembling")
+
+
+def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [it for it in items if "pixel_values" in it]
+    return {
+        "rows": [it["row"] for it in good],
+        "pixel_values": torch.stack([it["pixel_values"] for it in good]) if good else None,
+        "skipped": [it["skipped"] for it in items if "skipped" in it],
+    }
+
+
+def _work_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.build")
+
+
+def _corpus_digest(corpus: GeoCorpus) -> str:
+    ids = "\n".join(corpus.frame["IMG_ID"].astype(str)).encode()
+    return hashlib.sha256(ids).hexdigest()
+
+
+def _shard_paths(work: Path, s: int) -> tuple[Path, Path, Path]:
+    stem = work / f"shard-{s:05d}"
+    return stem.with_suffix(".keys.npy"), stem.with_suffix(".rows.npy"), stem.with_suffix(".json")
+
+
+@torch.inference_mode()
+def _encode_shard(
+    aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig, bar: Any
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    loader = DataLoader(
+        CorpusImages(corpus, aligner.image_processor),
+        batch_size=config.batch_size,
+        sampler=list(rows),
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+        pin_memory=aligner.device.type == "cuda",
+    )
+    keys, kept, skipped = [], [], []
+    for batch in loader:
+        skipped.extend(batch["skipped"])
+        if batch["pixel_values"] is not None:
+            key = aligner.encode_image(batch["pixel_values"].to(aligner.device, non_blocking=True)).key
+            keys.append(key.float().cpu().numpy())
+            kept.extend(batch["rows"])
+        bar.update(len(batch["rows"]) + len(batch["skipped"]))
+    dim = aligner.key_dim
+    return (
+        np.concatenate(keys) if keys else np.zeros((0, dim), np.float32),
+        np.asarray(kept, dtype=np.int64),
+        skipped,
+    )
+
+
+def _write_shard(work: Path, s: int, keys: np.ndarray, rows: np.ndarray, skipped: list[str]) -> None:
+    keys_path, rows_path, done_path = _shard_paths(work, s)
+    with atomic_open(keys_path) as fh:
+        np.save(fh, keys)
+    with atomic_open(rows_path) as fh:
+        np.save(fh, rows)
+    atomic_write_json(done_path, {"rows": len(rows), "skipped": skipped})  # written last: marks completion
+
+
+def _prepare_work_dir(work: Path, state: dict[str, Any], restart: bool) -> None:
+    state_file = work / "state.json"
+    if restart and work.exists():
+        shutil.rmtree(work)
+    if state_file.is_file():
+        saved = json.loads(state_file.read_text(encoding="utf-8"))
+        if saved != state:
+            differs = sorted(k for k in state if saved.get(k) != state[k])
+            raise GeoIndexError(
+                f"{work} holds an unfinished build with a different {', '.join(differs)}; "
+                "pass restart=True (`--restart`) to discard it"
+            )
+        log.info("resuming the build in %s", work)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(state_file, state)
+
+
+def build_index(
+    aligner: GeoAligner,
+    corpus: GeoCorpus,
+    out: str | Path,
+    config: IndexBuildConfig | None = None,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> GeoIndex:
+    """Encode every corpus image with ``aligner`` and write the index folder ``out``; return the index.
+
+    Encoding runs on the aligner's device. ``on_shard(s)`` is called after shard ``s`` is written.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or IndexBuildConfig()
+    out = Path(out)
+    started = time.perf_counter()
+    fingerprint = aligner.fingerprint()
+    work = _work_dir(out)
+    n = len(corpus)
+    n_shards = -(-n // config.shard_size)
+    state = {
+        "aligner_fingerprint": fingerprint,
+        "corpus": _corpus_digest(corpus),
+        "rows": n,
+        "shard_size": config.shard_size,
+    }
+    _prepare_work_dir(work, state, restart)
+
+    done = [s for s in range(n_shards) if _shard_paths(work, s)[2].is_file()]
+    done_rows = sum(min(config.shard_size, n - s * config.shard_size) for s in done)
+    aligner.eval()
+    with tqdm(total=n, initial=done_rows, unit="img", desc="encode", disable=not progress, smoothing=0.05) as bar:
+        for s in range(n_shards):
+            if s in done:
+                continue
+            rows = range(s * config.shard_size, min(n, (s + 1) * config.shard_size))
+            keys, kept, skipped = _encode_shard(aligner, corpus, rows, config, bar)
+            _write_shard(work, s, keys, kept, skipped)
+            if on_shard is not None:
+                on_shard(s)
+
+    index, kept_rows, skipped_ids = _assemble(work, n_shards, aligner.key_dim, config)
+    report = {
+        "corpus_rows": n,
+        "indexed": len(kept_rows),
+        "skipped": len(skipped_ids),
+        "skipped_ids": skipped_ids,
+        "corpus_report": corpus.report.to_dict(),
+    }
+    manifest = new_manifest(
+        rows=len(kept_rows),
+        dim=aligner.key_dim,
+        kind=config.kind,
+        fingerprint=fingerprint,
+        aligner_config=aligner.config.model_dump(mode="json"),
+        search_params=config.search_params,
+        build_seconds=round(time.perf_counter() - started, 3),
+        build={k: v for k, v in report.items() if k != "skipped_ids" and k != "corpus_report"},
+    )
+    table = metadata_table(corpus.frame.iloc[kept_rows])
+    geo_index = GeoIndex(FaissBackend(index, use_gpu=False, search_params=config.search_params), table, manifest)
+    geo_index.save(out, extra_json={BUILD_REPORT: report})
+    if skipped_ids:
+        log.warning("%d of %d images could not be read and are not in the index (listed in %s)", len(skipped_ids), n,
+                    out / BUILD_REPORT)  # fmt: skip
+    if not config.keep_shards:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("index %s: %d rows, kind %s, built in %.1f s", out, len(kept_rows), config.kind, manifest.build_seconds)
+    return geo_index
+
+
+def _assemble(work: Path, n_shards: int, dim: int, config: IndexBuildConfig) -> tuple[Any, np.ndarray, list[str]]:
+    """The FAISS index over every shard, the corpus rows it holds (in order), and the skipped IMG_IDs."""
+    keys = [np.load(_shard_paths(work, s)[0], mmap_mode="r") for s in range(n_shards)]
+    rows = [np.load(_shard_paths(work, s)[1]) for s in range(n_shards)]
+    skipped = [i for s in range(n_shards) for i in json.loads(_shard_paths(work, s)[2].read_text())["skipped"]]
+    total = sum(len(k) for k in keys)
+    if total == 0:
+        raise GeoIndexError(f"no image of the corpus could be encoded ({len(skipped)} skipped); nothing to index")
+    index = new_faiss_index(config.kind, dim)
+    if not index.is_trained:
+        size = min(total, config.train_size or 200_000)
+        picks = np.sort(np.random.default_rng(config.seed).choice(total, size, replace=False))
+        offsets = np.cumsum([0] + [len(k) for k in keys])
+        shard_of = np.searchsorted(offsets, picks, side="right") - 1
+        sample = np.concatenate([keys[s][picks[shard_of == s] - offsets[s]] for s in range(n_shards)])
+        train_faiss_index(index, sample, train_size=size, seed=config.seed)
+    for part in keys:
+        if len(part):
+            index.add(np.ascontiguousarray(part, dtype=np.float32))
+    return index, np.concatenate(rows), skipped
