@@ -496,3 +496,21 @@ def test_fill_with_nominatim(nominatim: FakeNominatim, tmp_path: Path) -> None:
     assert out["country"].tolist() == ["France", "Österreich", "Iceland"]
     assert report["geocoder"].startswith("nominatim (http://127.0.0.1:") and report["max_distance_km"] is None
     assert report["rows_filled"] == 3 and report["rows_without_country"] == 0
+
+
+def test_only_rows_without_country_are_looked_up() -> None:
+    frame = pd.DataFrame(
+        {
+            "IMG_ID": ["a", "b"],
+            "LAT": [48.8566, 35.6762],
+            "LON": [2.3522, 139.6503],
+            "city": ["Paris", ""],
+            "county": ["", ""],
+            "state": ["", ""],
+            "country": ["France", ""],
+        }
+    )
+    out, report = fill_location_text(frame, only_without_country=True)
+    assert report["rows_looked_up"] == 1 and report["rows_filled"] == 1
+    assert out.loc[0, ["city", "county", "state", "country"]].tolist() == ["Paris", "", "", "France"]
+    assert out.loc[1, "country"] == "Japan"

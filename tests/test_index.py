@@ -153,9 +153,9 @@ def test_corrupt_and_mismatched_indexes_are_refused(keys: np.ndarray, tmp_path: 
         GeoIndex.load(folder)
 
     (folder / "manifest.json").write_text("{")
-    with pytest.raises(GeoIndexError, match="manifest.json is corrupt"):
+    with pytest.raises(GeoIndexError, match=r"manifest\.json is corrupt"):
         GeoIndex.load(folder)
-    with pytest.raises(GeoIndexError, match="manifest.json is missing"):
+    with pytest.raises(GeoIndexError, match=r"manifest\.json is missing"):
         GeoIndex.load(tmp_path / "elsewhere")
 
 

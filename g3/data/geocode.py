@@ -490,6 +490,7 @@ def fill_location_text(
     geocoder: Literal["offline"] | NominatimGeocoder = "offline",
     max_distance_km: float = DEFAULT_MAX_DISTANCE_KM,
     overwrite: bool = False,
+    only_without_country: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Fill the ``city, county, state, country`` columns of a corpus-like frame from its LAT/LON.
 
@@ -505,6 +506,8 @@ def fill_location_text(
         geocoder: ``"offline"`` (`reverse_geocode_offline`) or a `NominatimGeocoder`.
         max_distance_km: offline only: a nearest place farther than this counts as no place.
         overwrite: look up every row and replace its text (see above).
+        only_without_country: look up only rows whose country is empty (rows that have a country keep their
+            text as it is, empty county included); ignored with ``overwrite``.
 
     Returns:
         A new frame (the input is not changed) and a report: ``geocoder`` (which one), ``rows``,
@@ -533,7 +536,12 @@ def fill_location_text(
     out = frame.copy()
     text = {c: _text_values(out, c) for c in FILL_COLUMNS}
     empty = {c: _blank(text[c]) for c in FILL_COLUMNS}
-    needs = np.ones(len(out), dtype=bool) if overwrite else np.logical_or.reduce([empty[c] for c in FILL_COLUMNS])
+    if overwrite:
+        needs = np.ones(len(out), dtype=bool)
+    elif only_without_country:
+        needs = empty["country"]
+    else:
+        needs = np.logical_or.reduce([empty[c] for c in FILL_COLUMNS])
     rows = np.flatnonzero(needs)
 
     cells_filled = dict.fromkeys(FILL_COLUMNS, 0)

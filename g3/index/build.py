@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
-from g3.data import CorpusImages, GeoCorpus
+from g3.data import CorpusImages, GeoCorpus, fill_location_text
 from g3.errors import GeoIndexError
 from g3.index.backend import FaissBackend
 from g3.index.geo_index import GeoIndex, metadata_table, new_faiss_index, new_manifest, train_faiss_index
@@ -47,6 +47,9 @@ class IndexBuildConfig(BaseModel):
     seed: int = 0
     search_params: dict[str, int] = Field(default_factory=dict, description="e.g. nprobe, efSearch")
     keep_shards: bool = Field(default=False, description="keep the encoded shards after assembling")
+    fill_location_text: bool = Field(
+        default=True, description="rows without a country get city/state/country offline from GeoNames"
+    )
 
 
 def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -172,12 +175,17 @@ def build_index(
                 on_shard(s)
 
     index, kept_rows, skipped_ids = _assemble(work, n_shards, aligner.key_dim, config)
+    frame = corpus.frame.iloc[kept_rows].drop(columns=["caption"], errors="ignore")
+    location_text = None
+    if config.fill_location_text:
+        frame, location_text = fill_location_text(frame, only_without_country=True)
     report = {
         "corpus_rows": n,
         "indexed": len(kept_rows),
         "skipped": len(skipped_ids),
         "skipped_ids": skipped_ids,
         "corpus_report": corpus.report.to_dict(),
+        "location_text": location_text,
     }
     manifest = new_manifest(
         rows=len(kept_rows),
@@ -187,9 +195,9 @@ def build_index(
         aligner_config=aligner.config.model_dump(mode="json"),
         search_params=config.search_params,
         build_seconds=round(time.perf_counter() - started, 3),
-        build={k: v for k, v in report.items() if k != "skipped_ids" and k != "corpus_report"},
+        build={k: report[k] for k in ("corpus_rows", "indexed", "skipped")},
     )
-    table = metadata_table(corpus.frame.iloc[kept_rows])
+    table = metadata_table(frame)
     geo_index = GeoIndex(FaissBackend(index, use_gpu=False, search_params=config.search_params), table, manifest)
     geo_index.save(out, extra_json={BUILD_REPORT: report})
     if skipped_ids:
