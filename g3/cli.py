@@ -25,8 +25,10 @@ app = typer.Typer(
 )
 aligner_app = typer.Typer(help="Geo-aligner checkpoints: convert G3's official weights, inspect.", no_args_is_help=True)
 corpus_app = typer.Typer(help="Training corpora (MP16-Pro style CSV + images).", no_args_is_help=True)
+index_app = typer.Typer(help="Geo index: build from a corpus, inspect, search.", no_args_is_help=True)
 app.add_typer(aligner_app, name="aligner")
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(index_app, name="index")
 
 CORPUS_FILE = "corpus.json"
 
@@ -208,6 +210,110 @@ def corpus_check(
     typer.echo(data.report.summary())
     if report is not None:
         data.report.save(report)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@index_app.command("build")
+def index_build(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus CSV (IMG_ID, LAT, LON, optional address).")],
+    images: Annotated[Path, typer.Option("--images", help="Image folder or tar of the corpus.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="g3 aligner checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Index folder to write, e.g. indices/mp16.")],
+    kind: Annotated[str, typer.Option(help="FAISS factory string: Flat (exact, G3), IVF4096,PQ64, HNSW32.")] = "Flat",
+    batch_size: Annotated[int, typer.Option(help="Images per encoding batch.")] = 256,
+    shard_size: Annotated[int, typer.Option(help="Corpus rows per resumable shard.")] = 65_536,
+    workers: Annotated[int, typer.Option(help="Image-decoding worker processes.")] = 4,
+    train_size: Annotated[int | None, typer.Option(help="Training sample for IVF/PQ kinds.")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
+    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    require_country: Annotated[bool, typer.Option(help="Drop corpus rows without a country.")] = False,
+    min_image_bytes: Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")] = 5120,
+    fill_location_text: Annotated[bool, typer.Option(help="Fill missing city/state/country offline.")] = True,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished build of --out.")] = False,
+    keep_shards: Annotated[bool, typer.Option(help="Keep the encoded shards after assembling.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+) -> None:
+    """Encode a corpus with an aligner and write a FAISS geo index (resumable: run again after an interruption)."""
+    from g3.index import IndexBuildConfig, build_index
+    from g3.models import GeoAligner
+
+    params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    config = IndexBuildConfig(
+        kind=kind,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        num_workers=workers,
+        train_size=train_size,
+        search_params=params,
+        keep_shards=keep_shards,
+        fill_location_text=fill_location_text,
+    )
+    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    data = _load_corpus(
+        {
+            "csv": str(corpus),
+            "images": str(images),
+            "min_image_bytes": min_image_bytes,
+            "require_country": require_country,
+            "verify_images": False,
+        }
+    )
+    index = build_index(aligner, data, out, config, restart=restart, progress=progress)
+    typer.echo(f"wrote {out}: {len(index)} rows, kind {index.kind}")
+
+
+@index_app.command("info")
+def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
+    """Print an index's manifest (rows, width, kind, aligner fingerprint, build counts)."""
+    from g3.index.manifest import read_manifest
+
+    typer.echo(json.dumps(read_manifest(index).model_dump(mode="json"), indent=2, sort_keys=True))
+
+
+@index_app.command("search")
+def index_search(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Query photos.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The aligner the index was built with.")],
+    k: Annotated[int, typer.Option("-k", help="Similar neighbours per photo.")] = 5,
+    dissimilar: Annotated[int, typer.Option(help="Dissimilar neighbours per photo.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Print the nearest (and least similar) database images of each photo, with coordinates, as JSON."""
+    import torch
+
+    from g3.data import decode_image
+    from g3.index import GeoIndex, Neighbours
+    from g3.models import GeoAligner
+
+    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    geo_index = GeoIndex.load(index, aligner=aligner)
+    with torch.inference_mode():
+        keys = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images]).key
+    result = geo_index.search(keys.float().cpu().numpy(), k, dissimilar=dissimilar > 0, dissimilar_k=dissimilar or None)
+
+    def rows(n: Neighbours, q: int) -> list[dict[str, Any]]:
+        names, ids = geo_index.place_names(n.rows[q]), n.ids[q]
+        return [
+            {"img_id": ids[j], "lat": float(n.lat[q, j]), "lon": float(n.lon[q, j]), "score": float(n.scores[q, j]),
+             "place": names[j]}
+            for j in range(n.rows.shape[1]) if n.rows[q, j] >= 0
+        ]  # fmt: skip
+
+    out = [
+        {"image": str(p), "similar": rows(result.similar, q)}
+        | ({"dissimilar": rows(result.dissimilar, q)} if result.dissimilar is not None else {})
+        for q, p in enumerate(images)
+    ]
+    typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
 def main() -> None:

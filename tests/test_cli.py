@@ -146,3 +146,37 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
     proc = run("train", "--corpus", str(csv), "--images", str(images), "--config", str(config),
                "--out", str(tmp_path / "run"), check=False)  # fmt: skip
     assert proc.returncode == 2 and "cannot parse the YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_index_build_info_search(tmp_path: Path, tiny_aligner: GeoAligner) -> None:
+    pytest.importorskip("faiss")
+    csv, images = make_corpus(tmp_path / "data", per_region=4)
+    tiny_aligner.save_pretrained(str(tmp_path / "aligner"))
+    out = tmp_path / "indices" / "tiny"
+    run("index", "build", "--corpus", str(csv), "--images", str(images), "--checkpoint", str(tmp_path / "aligner"),
+        "--out", str(out), "--min-image-bytes", "0", "--batch-size", "8", "--shard-size", "10", "--workers", "0",
+        "--no-progress")  # fmt: skip
+    info = json.loads(run("index", "info", str(out)).stdout)
+    assert info["rows"] == 24 and info["dim"] == 96 and info["kind"] == "Flat"
+    query = images / "03_0002.png"
+    found = json.loads(
+        run(
+            "index",
+            "search",
+            str(out),
+            str(query),
+            "--checkpoint",
+            str(tmp_path / "aligner"),
+            "-k",
+            "3",
+            "--dissimilar",
+            "2",
+        ).stdout  # fmt: skip
+    )
+    assert found[0]["similar"][0]["img_id"] == "03/0002.png" and found[0]["similar"][0]["score"] > 2.99
+    assert found[0]["similar"][0]["place"] == "Lima, Lima, Peru"
+    assert len(found[0]["dissimilar"]) == 2 and found[0]["dissimilar"][0]["score"] < found[0]["similar"][-1]["score"]
+    other = tmp_path / "other"
+    GeoAligner.from_clip(tiny_aligner.config, seed=9).save_pretrained(str(other))
+    mismatch = run("index", "search", str(out), str(query), "--checkpoint", str(other), check=False)
+    assert mismatch.returncode == 2 and "not with the aligner given" in mismatch.stderr
