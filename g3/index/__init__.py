@@ -1,4 +1,7 @@
-"""The geo index: FAISS search over retrieval keys with row-aligned metadata, and GPS galleries."""
+"""The geo index: FAISS search over retrieval keys with row-aligned metadata, and GPS galleries.
+
+The llama-index retriever lives in `g3.index.retriever` (imported on demand: it loads llama-index).
+"""
 
 from g3.index.backend import FaissBackend, SearchBackend
 from g3.index.build import IndexBuildConfig, build_index
