@@ -171,7 +171,7 @@ def test_index_build_info_search(tmp_path: Path, tiny_aligner: GeoAligner) -> No
             "3",
             "--dissimilar",
             "2",
-        ).stdout  # fmt: skip
+        ).stdout
     )
     assert found[0]["similar"][0]["img_id"] == "03/0002.png" and found[0]["similar"][0]["score"] > 2.99
     assert found[0]["similar"][0]["place"] == "Lima, Lima, Peru"
