@@ -316,6 +316,36 @@ def index_search(
     typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
+@index_app.command("gallery")
+def index_gallery(
+    source: Annotated[str, typer.Argument(help="'geoclip' (GeoCLIP's 100K gallery) or a CSV of coordinates.")],
+    images: Annotated[list[Path], typer.Argument(help="Query photos.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="g3 aligner checkpoint folder.")],
+    k: Annotated[int, typer.Option("-k", help="Gallery points per photo.")] = 5,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Image→GPS retrieval against a GPS gallery (GeoCLIP style); gallery embeddings are cached per aligner."""
+    import torch
+
+    from g3.data import decode_image
+    from g3.index import GPSGallery
+    from g3.models import GeoAligner
+
+    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    gallery = GPSGallery.from_source(source, aligner, progress=True)
+    with torch.inference_mode():
+        queries = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images]).gps_aligned
+    found = gallery.search(queries, k)
+    out = [
+        {"image": str(p), "points": [
+            {"lat": float(found.lat[q, j]), "lon": float(found.lon[q, j]), "score": float(found.scores[q, j])}
+            for j in range(found.rows.shape[1])
+        ]}
+        for q, p in enumerate(images)
+    ]  # fmt: skip
+    typer.echo(json.dumps(out, indent=2))
+
+
 def main() -> None:
     """Console entry point."""
     import yaml

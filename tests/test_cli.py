@@ -19,8 +19,8 @@ from g3.models import GeoAligner
 G3 = shutil.which("g3") or str(Path(sys.executable).with_name("g3"))
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     proc = subprocess.run([G3, *args], capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"g3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -180,3 +180,20 @@ def test_index_build_info_search(tmp_path: Path, tiny_aligner: GeoAligner) -> No
     GeoAligner.from_clip(tiny_aligner.config, seed=9).save_pretrained(str(other))
     mismatch = run("index", "search", str(out), str(query), "--checkpoint", str(other), check=False)
     assert mismatch.returncode == 2 and "not with the aligner given" in mismatch.stderr
+
+
+def test_gallery_search_from_the_command_line(tmp_path: Path, tiny_aligner: GeoAligner) -> None:
+    csv = tmp_path / "gallery.csv"
+    csv.write_text("LAT,LON\n48.85,2.35\n35.68,139.69\n-33.87,151.21\n")
+    tiny_aligner.save_pretrained(str(tmp_path / "aligner"))
+    _, images = make_corpus(tmp_path / "data", per_region=1)
+    out = json.loads(
+        run(
+            "index", "gallery", str(csv), str(images / "00_0000.png"), "--checkpoint", str(tmp_path / "aligner"),
+            "-k", "2", env={"G3_CACHE_DIR": str(tmp_path / "cache")},
+        ).stdout
+    )  # fmt: skip
+    points = out[0]["points"]
+    assert len(points) == 2 and points[0]["score"] >= points[1]["score"]
+    assert {(p["lat"], p["lon"]) for p in points} <= {(48.85, 2.35), (35.68, 139.69), (-33.87, 151.21)}
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # embeddings cached for the next call
