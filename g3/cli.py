@@ -278,6 +278,19 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
     typer.echo(json.dumps(read_manifest(index).model_dump(mode="json"), indent=2, sort_keys=True))
 
 
+def _encode_photos(checkpoint: Path, device: str, images: list[Path]) -> tuple[Any, Any]:
+    """Load an aligner checkpoint on ``device`` and embed the photos: ``(aligner, ImageEmbeddings)``."""
+    import torch
+
+    from g3.data import decode_image
+    from g3.models import GeoAligner
+
+    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    with torch.inference_mode():
+        views = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images])
+    return aligner, views
+
+
 @index_app.command("search")
 def index_search(
     index: Annotated[Path, typer.Argument(help="Index folder.")],
@@ -288,17 +301,12 @@ def index_search(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Print the nearest (and least similar) database images of each photo, with coordinates, as JSON."""
-    import torch
-
-    from g3.data import decode_image
     from g3.index import GeoIndex, Neighbours
-    from g3.models import GeoAligner
 
-    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    aligner, views = _encode_photos(checkpoint, device, images)
     geo_index = GeoIndex.load(index, aligner=aligner)
-    with torch.inference_mode():
-        keys = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images]).key
-    result = geo_index.search(keys.float().cpu().numpy(), k, dissimilar=dissimilar > 0, dissimilar_k=dissimilar or None)
+    keys = views.key.float().cpu().numpy()
+    result = geo_index.search(keys, k, dissimilar=dissimilar > 0, dissimilar_k=dissimilar or None)
 
     def rows(n: Neighbours, q: int) -> list[dict[str, Any]]:
         names, ids = geo_index.place_names(n.rows[q]), n.ids[q]
@@ -325,16 +333,11 @@ def index_gallery(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Image→GPS retrieval against a GPS gallery (GeoCLIP style); gallery embeddings are cached per aligner."""
-    import torch
-
-    from g3.data import decode_image
     from g3.index import GPSGallery
-    from g3.models import GeoAligner
 
-    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    aligner, views = _encode_photos(checkpoint, device, images)
     gallery = GPSGallery.from_source(source, aligner, progress=True)
-    with torch.inference_mode():
-        queries = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images]).gps_aligned
+    queries = views.gps_aligned
     found = gallery.search(queries, k)
     out = [
         {"image": str(p), "points": [

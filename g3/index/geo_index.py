@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,7 @@ class Neighbours:
     scores: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
-    _index: GeoIndex
+    _index: GeoIndex = field(repr=False)
 
     @property
     def ids(self) -> np.ndarray:
