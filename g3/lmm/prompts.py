@@ -1,0 +1,173 @@
+"""G3's prompt ensemble (geo-diversification): prompt specs, template rendering, requests for one image.
+
+The paper's ensemble is one zero-shot prompt and three RAG prompts showing the coordinates of the
+5, 10 and 15 most similar and least similar retrieved images; each prompt is sampled ``samples`` times
+at a high temperature, and the first ``candidates_per_prompt`` parsed answers of each prompt go to
+verification together with the top ``retrieved_candidates`` retrieved coordinates.
+
+Templates are Jinja files (default: the ``prompts/`` folder shipped with g3) rendered with
+llama-index's ``RichPromptTemplate``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from g3.errors import G3Error
+from g3.lmm.base import COORDINATE_SCHEMA, LMMRequest
+
+
+class PromptError(G3Error):
+    """A prompt template that is missing or cannot be rendered."""
+
+
+class PromptSpec(BaseModel):
+    """One prompt of the ensemble."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="tag carried by every answer of this prompt, e.g. 'rag_10'")
+    template: str = Field(default="rag.j2", description="template file in the prompt folder")
+    k_similar: int = Field(default=0, ge=0, description="similar neighbours shown")
+    k_dissimilar: int = Field(default=0, ge=0, description="dissimilar neighbours shown")
+    samples: int = Field(default=10, ge=1, description="answers sampled (n)")
+    with_place_names: bool = Field(default=False, description="show neighbours' place names too")
+
+
+def paper_prompts(samples: int = 10) -> list[PromptSpec]:
+    """The paper's ensemble: zero-shot, RAG with 5, 10 and 15 similar + dissimilar coordinates."""
+    return [
+        PromptSpec(name="zero_shot", template="zero_shot.j2", samples=samples),
+        *(PromptSpec(name=f"rag_{k}", k_similar=k, k_dissimilar=k, samples=samples) for k in (5, 10, 15)),
+    ]
+
+
+class EnsembleConfig(BaseModel):
+    """Every knob of geo-diversification, with the paper's values as defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompts: tuple[PromptSpec, ...] = Field(default_factory=lambda: tuple(paper_prompts()), min_length=1)
+    temperature: float = Field(default=1.2, ge=0, description="sampling temperature (G3: 1.2)")
+    max_tokens: int = Field(default=200, ge=1)
+    candidates_per_prompt: int = Field(default=5, ge=1, description="parsed answers per prompt verified (G3: 5)")
+    retrieved_candidates: int = Field(default=1, ge=0, description="top retrieved coordinates verified (G3: 1)")
+    structured_output: bool = Field(default=True, description="ask backends to constrain answers to the JSON schema")
+    prompt_dir: Path | None = Field(default=None, description="folder of templates; None = the ones shipped with g3")
+    seed: int | None = Field(default=None, description="sampling seed, for reproducible runs")
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique_names(cls, prompts: tuple[PromptSpec, ...]) -> tuple[PromptSpec, ...]:
+        names = [p.name for p in prompts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"prompt names must be unique, got {names}")
+        return prompts
+
+    @model_validator(mode="after")
+    def _dir_exists(self) -> EnsembleConfig:
+        if self.prompt_dir is not None and not self.prompt_dir.is_dir():
+            raise ValueError(f"prompt_dir {self.prompt_dir} is not a folder")
+        return self
+
+    @property
+    def max_k_similar(self) -> int:
+        return max(p.k_similar for p in self.prompts)
+
+    @property
+    def max_k_dissimilar(self) -> int:
+        return max(p.k_dissimilar for p in self.prompts)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Retrieved neighbours of one image, best first: coordinates ``(k, 2)`` and place names."""
+
+    similar: np.ndarray
+    dissimilar: np.ndarray
+    similar_places: Sequence[str] = ()
+    dissimilar_places: Sequence[str] = ()
+
+    @classmethod
+    def none(cls) -> Evidence:
+        """No retrieval (zero-shot only)."""
+        return cls(np.zeros((0, 2)), np.zeros((0, 2)))
+
+
+def default_prompt_dir() -> Path:
+    """The folder of templates shipped with g3."""
+    return Path(str(importlib.resources.files("g3.lmm") / "prompts"))
+
+
+@cache
+def _template(path: Path, mtime_ns: int) -> Any:
+    from llama_index.core.prompts import RichPromptTemplate
+
+    return RichPromptTemplate(path.read_text(encoding="utf-8"))
+
+
+def load_template(name: str, prompt_dir: Path | None = None) -> Any:
+    """The llama-index ``RichPromptTemplate`` of ``name`` in ``prompt_dir`` (cached until the file changes)."""
+    folder = prompt_dir or default_prompt_dir()
+    path = folder / name
+    if not path.is_file():
+        available = sorted(p.name for p in folder.glob("*.j2")) if folder.is_dir() else []
+        raise PromptError(f"prompt template {name!r} not found in {folder} (available: {available})")
+    return _template(path, path.stat().st_mtime_ns)
+
+
+def _neighbours(coords: np.ndarray, places: Sequence[str], k: int) -> list[dict[str, Any]]:
+    rows = [r for r in range(min(k, len(coords))) if np.isfinite(coords[r]).all()]
+    return [
+        {"lat": float(coords[r, 0]), "lon": float(coords[r, 1]), "place": places[r] if r < len(places) else ""}
+        for r in rows
+    ]
+
+
+def render_prompt(spec: PromptSpec, evidence: Evidence, prompt_dir: Path | None = None) -> str:
+    """The text of one prompt for one image."""
+    template = load_template(spec.template, prompt_dir)
+    try:
+        text = template.format(
+            similar=_neighbours(evidence.similar, evidence.similar_places, spec.k_similar),
+            dissimilar=_neighbours(evidence.dissimilar, evidence.dissimilar_places, spec.k_dissimilar),
+            with_place_names=spec.with_place_names,
+            k_similar=spec.k_similar,
+            k_dissimilar=spec.k_dissimilar,
+        )
+    except Exception as exc:  # jinja raises many kinds; all mean the template is broken
+        raise PromptError(f"prompt template {spec.template!r} cannot be rendered: {exc}") from exc
+    return str(text).strip()
+
+
+def build_requests(config: EnsembleConfig, image: bytes, evidence: Evidence) -> list[LMMRequest]:
+    """One `LMMRequest` per prompt of the ensemble for one image (tags = prompt names).
+
+    A RAG prompt shows up to its k neighbours (fewer when the evidence has fewer); a RAG prompt with no
+    evidence at all is an error (configure zero-shot prompts only when there is no retrieval).
+    """
+    if len(evidence.similar) == 0 and len(evidence.dissimilar) == 0:
+        rag = [p.name for p in config.prompts if p.k_similar or p.k_dissimilar]
+        if rag:
+            raise PromptError(f"prompts {rag} show retrieved neighbours, but there is no retrieval evidence")
+    return [
+        LMMRequest(
+            prompt=render_prompt(spec, evidence, config.prompt_dir),
+            image=image,
+            n=spec.samples,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            json_schema=dict(COORDINATE_SCHEMA) if config.structured_output else None,
+            seed=None if config.seed is None else config.seed + i,
+            tag=spec.name,
+        )
+        for i, spec in enumerate(config.prompts)
+    ]
