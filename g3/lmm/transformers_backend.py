@@ -4,11 +4,16 @@ All requests of a call that share ``n`` and ``max_tokens`` are left-padded into 
 (``batch_size`` requests at most), each sampled ``n`` times. Sampling is reproducible per request: every
 request draws its tokens from its own ``torch.Generator`` seeded with its ``seed``, so a request gets the same
 texts whether it is sent alone or batched with others, and the global torch RNG is left untouched.
+
+For LLaVA-family models the prompt of a request is run through the model once and its KV cache copied to its
+``n`` samples ("shared prefill"); ``generate`` with ``num_return_sequences=n`` would run it ``n`` times, which
+dominates the cost of G3's long RAG prompts on a CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 import threading
 import time
@@ -29,6 +34,10 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+#: Model types whose prompt cache can be computed once and copied to the ``n`` samples (plain 1-D positions;
+#: the image only matters in the prefill).
+_SHARED_PREFILL_MODEL_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "vipllava"})
 
 #: The texts and usage of one answered request.
 _Result = tuple[tuple[str, ...], Usage]
@@ -80,7 +89,9 @@ class TransformersBackend(LMMBackend):
     loads the model. ``batch_size`` is the most requests per ``generate`` call (each expands to ``n`` rows);
     ``max_image_side`` shrinks larger images before preprocessing. ``json_schema`` cannot be enforced here:
     answers are free text, parsed downstream. Sampling uses only the request's temperature (no top-k/top-p);
-    other settings of the model's generation config (e.g. repetition penalty) still apply.
+    other settings of the model's generation config (e.g. repetition penalty) still apply. ``share_prefill``
+    computes each prompt once for its ``n`` samples (None: for LLaVA-family models, where it is known to
+    give the same answers as the plain path).
     """
 
     name = "transformers"
@@ -93,6 +104,7 @@ class TransformersBackend(LMMBackend):
         dtype: str = "auto",
         batch_size: int = 8,
         max_image_side: int | None = None,
+        share_prefill: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -105,6 +117,7 @@ class TransformersBackend(LMMBackend):
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_image_side = max_image_side
+        self.share_prefill = share_prefill
         self._model: Any = None
         self._processor: Any = None
         self._load_lock = threading.Lock()
@@ -240,6 +253,38 @@ class TransformersBackend(LMMBackend):
                 results[k] = result
         return results
 
+    def _shares_prefill(self) -> bool:
+        if self.share_prefill is not None:
+            return self.share_prefill
+        return getattr(self._model.config, "model_type", "") in _SHARED_PREFILL_MODEL_TYPES
+
+    def _prefill(self, inputs: Any, n: int) -> dict[str, Any]:
+        """Run every prompt but its last token once, and the ``generate`` inputs of its ``n`` samples.
+
+        The cache is built with the positions ``generate`` gives left-padded rows, copied ``n`` times, and
+        ``generate`` then feeds only the last prompt token (the image is already in the cache).
+        """
+        model = self._model
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        out = model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+            **prefix,
+        )
+        cache = getattr(out, cache_name)
+        cache.batch_repeat_interleave(n)
+        return {
+            "input_ids": ids.repeat_interleave(n, dim=0),
+            "attention_mask": mask.repeat_interleave(n, dim=0),
+            cache_name: cache,
+        }
+
     def _sample(self, requests: list[LMMRequest], inputs: Any) -> list[_Result]:
         """Run ``generate`` on encoded requests (``n`` samples each) and decode the new tokens."""
         model, tokenizer = self._model, self._processor.tokenizer
@@ -260,11 +305,15 @@ class TransformersBackend(LMMBackend):
         pad_id = tokenizer.pad_token_id
         devices = [device] if device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if n > 1 and self._shares_prefill():
+                gen_inputs, num_return = self._prefill(inputs, n), 1
+            else:
+                gen_inputs, num_return = dict(inputs), n
             output = model.generate(
-                **inputs,
+                **gen_inputs,
                 **_NEUTRAL_SAMPLING,
                 max_new_tokens=max_tokens,
-                num_return_sequences=n,
+                num_return_sequences=num_return,
                 logits_processor=[_SeededSampler(temperatures, generators)],
                 pad_token_id=pad_id,
                 eos_token_id=eos_ids or None,

@@ -25,7 +25,7 @@ from g3.errors import G3Error
 log = logging.getLogger(__name__)
 
 #: Flags known to work with vLLM's CPU build on tiny models (see the project's OFFLINE notes).
-CPU_ARGS = ("--max-model-len", "512", "--dtype", "bfloat16", "--enforce-eager")
+CPU_ARGS = ("--max-model-len", "1024", "--max-num-batched-tokens", "8192", "--dtype", "bfloat16", "--enforce-eager")
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 

@@ -1,0 +1,134 @@
+"""Prompt-ensemble latency of the transformers LMM backend: one batched call vs the prompts one by one.
+
+G3 asks the LMM about one image with 4 prompts (zero-shot and RAG prompts listing 5, 10 and 15 candidate
+coordinates), ``n`` samples each. This sends them as one batched `agenerate` call and, for comparison,
+one after another, on a tiny random LLaVA built offline (and on ``--model``, a folder or hub id, when
+given). Prints median wall times over a few repeats and the ratio sequential / batched; nothing is asserted.
+
+    python bench/lmm.py [--model DIR_OR_HUB_ID] [--no-tiny] [--n 5] [--max-tokens 64] [--repeats 3]
+                        [--tiny-hidden 64] [--tiny-layers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from g3.lmm.base import LMMRequest, encode_image
+from g3.lmm.tiny import build_tiny_llava
+from g3.lmm.transformers_backend import TransformersBackend
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "im2gps3k" / "images_cc_subset500"
+
+ZERO_SHOT = (
+    "Suppose you are an expert in geo-localization. You have the ability to give two number GPS coordinates "
+    "given an image. Please give me the location of the image. Your answer should be in the following JSON "
+    'format without any other information: {"latitude": float, "longitude": float}.'
+)
+RAG = (
+    "Suppose you are an expert in geo-localization. You have the ability to give two number GPS coordinates "
+    "given an image. Please give me the location of the image. For your reference, these are the locations "
+    "of some similar images: {candidates}. Your answer should be in the following JSON format without any "
+    'other information: {{"latitude": float, "longitude": float}}.'
+)
+
+
+def candidates(k: int, rng: np.random.Generator) -> str:
+    """``k`` plausible retrieved coordinates around a few places, as a RAG prompt lists them."""
+    centres = np.array([[48.86, 2.35], [41.90, 12.50], [40.42, -3.70], [52.52, 13.40]])
+    points = centres[rng.integers(0, len(centres), k)] + rng.normal(0, 0.5, (k, 2))
+    return ", ".join(f"[{lat:.4f}, {lon:.4f}]" for lat, lon in points)
+
+
+def ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
+    rng = np.random.default_rng(0)
+    prompts = {"zero_shot": ZERO_SHOT} | {f"rag_{k}": RAG.format(candidates=candidates(k, rng)) for k in (5, 10, 15)}
+    return [
+        LMMRequest(prompt=p, image=image, n=n, max_tokens=max_tokens, seed=i, tag=tag)
+        for i, (tag, p) in enumerate(prompts.items())
+    ]
+
+
+def bench_image() -> bytes:
+    """A real im2gps3k photo when the shared data is here, else a random 640×480 JPEG."""
+    photos = sorted(SHARED_PHOTOS.glob("*.jpg")) if SHARED_PHOTOS.is_dir() else []
+    if photos:
+        return photos[0].read_bytes()
+    pixels = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    return encode_image(Image.fromarray(pixels))
+
+
+def median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(label: str, backend: TransformersBackend, requests: list[LMMRequest], repeats: int) -> None:
+    backend.load()
+    warm = backend.generate(requests)  # warm-up, and the reference texts
+    errors = [r.error for r in warm if not r.ok]
+    if errors:
+        raise SystemExit(f"{label}: generation failed: {errors[0]}")
+    one_by_one = [backend.generate([r])[0] for r in requests]
+    same = all(a.texts == b.texts for a, b in zip(warm, one_by_one, strict=True))
+    batched = median_time(lambda: backend.generate(requests), repeats)
+    sequential = median_time(lambda: [backend.generate([r]) for r in requests], repeats)
+    prompt_tokens = [r.usage.prompt_tokens for r in warm]
+    completion = sum(r.usage.completion_tokens for r in warm)
+    print(f"\n== {label}")
+    print(f"prompts {[r.tag for r in requests]}, prompt tokens {prompt_tokens}")
+    print(f"n={requests[0].n}, max_tokens={requests[0].max_tokens}, completion tokens per ensemble {completion}")
+    print(f"batched (1 call, {len(requests)} prompts): {batched:7.3f} s  ({completion / batched:7.1f} tok/s)")
+    print(f"sequential ({len(requests)} calls):       {sequential:7.3f} s  ({completion / sequential:7.1f} tok/s)")
+    print(f"sequential / batched: {sequential / batched:.2f}x; same texts batched and one by one: {same}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", help="a LLaVA-style folder or hub id to measure besides the tiny model")
+    parser.add_argument("--no-tiny", action="store_true", help="skip the tiny random LLaVA")
+    parser.add_argument("--tiny-hidden", type=int, default=64, help="width of the tiny LLaVA (multiple of 32)")
+    parser.add_argument("--tiny-layers", type=int, default=2, help="layers of each tower of the tiny LLaVA")
+    parser.add_argument("--n", type=int, default=5, help="samples per prompt")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-image-side", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+    image = bench_image()
+    requests = ensemble(image, args.n, args.max_tokens)
+    print(f"device {args.device}, {args.threads} threads, image {len(image)} bytes, torch {torch.__version__}")
+    if not args.no_tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            folder = build_tiny_llava(Path(tmp) / "tiny-llava", hidden=args.tiny_hidden, layers=args.tiny_layers)
+            print(f"tiny LLaVA built in {time.perf_counter() - start:.1f} s")
+            backend = TransformersBackend(str(folder), device=args.device, dtype=args.dtype)
+            label = f"tiny random LLaVA ({args.tiny_layers}+{args.tiny_layers} layers, {args.tiny_hidden}-d)"
+            run(label, backend, requests, args.repeats)
+    if args.model:
+        backend = TransformersBackend(
+            args.model, device=args.device, dtype=args.dtype, max_image_side=args.max_image_side
+        )
+        run(args.model, backend, requests, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
