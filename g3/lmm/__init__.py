@@ -1,0 +1,29 @@
+"""Large multimodal model backends, G3's prompt ensemble, and answer parsing.
+
+Backends (imported on demand, each from its module): `g3.lmm.openai_backend.OpenAIBackend` (any
+OpenAI-compatible server, e.g. ``vllm serve``), `g3.lmm.vllm_backend.VLLMBackend` (in-process
+``vllm.LLM``), `g3.lmm.transformers_backend.TransformersBackend` (CPU / small models).
+"""
+
+from g3.lmm.base import COORDINATE_SCHEMA, LMMBackend, LMMRequest, LMMResponse, Usage, encode_image
+from g3.lmm.parse import ParsedAnswer, ParseStats, parse_answer, parse_answers
+from g3.lmm.prompts import EnsembleConfig, Evidence, PromptSpec, build_requests, paper_prompts, render_prompt
+
+__all__ = [
+    "COORDINATE_SCHEMA",
+    "EnsembleConfig",
+    "Evidence",
+    "LMMBackend",
+    "LMMRequest",
+    "LMMResponse",
+    "ParseStats",
+    "ParsedAnswer",
+    "PromptSpec",
+    "Usage",
+    "build_requests",
+    "encode_image",
+    "paper_prompts",
+    "parse_answer",
+    "parse_answers",
+    "render_prompt",
+]

@@ -121,7 +121,10 @@ def load_template(name: str, prompt_dir: Path | None = None) -> Any:
     if not path.is_file():
         available = sorted(p.name for p in folder.glob("*.j2")) if folder.is_dir() else []
         raise PromptError(f"prompt template {name!r} not found in {folder} (available: {available})")
-    return _template(path, path.stat().st_mtime_ns)
+    try:
+        return _template(path, path.stat().st_mtime_ns)
+    except Exception as exc:  # jinja's syntax errors and friends
+        raise PromptError(f"prompt template {path} cannot be rendered: {exc}") from exc
 
 
 def _neighbours(coords: np.ndarray, places: Sequence[str], k: int) -> list[dict[str, Any]]:
