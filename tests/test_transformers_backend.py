@@ -85,9 +85,6 @@ def test_responses_have_n_texts_usage_and_tags_in_order(backend: TransformersBac
         image = Image.open(io.BytesIO(req.image)).convert("RGB")
         ids = processor(text=[text], images=[image], add_special_tokens=False)["input_ids"][0]
         assert resp.usage.prompt_tokens == len(ids)
-    # the random model rarely emits EOS: each sample then runs to max_tokens
-    assert responses[-2].usage.completion_tokens <= 5
-    assert all(len(backend._processor.tokenizer(t)["input_ids"]) <= 3 * 12 for r in responses for t in r.texts)
 
 
 def test_batched_equals_one_by_one(backend: TransformersBackend) -> None:

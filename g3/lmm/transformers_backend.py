@@ -5,7 +5,7 @@ All requests of a call that share ``n`` and ``max_tokens`` are left-padded into 
 request draws its tokens from its own ``torch.Generator`` seeded with its ``seed``, so a request gets the same
 texts whether it is sent alone or batched with others, and the global torch RNG is left untouched.
 
-For LLaVA-family models the prompt of a request is run through the model once and its KV cache copied to its
+For LLaVA models the prompt of a request is run through the model once and its KV cache copied to its
 ``n`` samples ("shared prefill"); ``generate`` with ``num_return_sequences=n`` would run it ``n`` times, which
 dominates the cost of G3's long RAG prompts on a CPU.
 """
@@ -35,9 +35,9 @@ _DTYPES = {
     "fp16": torch.float16,
 }
 
-#: Model types whose prompt cache can be computed once and copied to the ``n`` samples (plain 1-D positions;
-#: the image only matters in the prefill).
-_SHARED_PREFILL_MODEL_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "vipllava"})
+#: Model types whose prompt cache is computed once and copied to the ``n`` samples by default (1-D positions, the
+#: image only matters in the prefill; checked to answer exactly as plain ``generate``). Others: ``share_prefill``.
+_SHARED_PREFILL_MODEL_TYPES = frozenset({"llava"})
 
 #: The texts and usage of one answered request.
 _Result = tuple[tuple[str, ...], Usage]
@@ -90,8 +90,8 @@ class TransformersBackend(LMMBackend):
     ``max_image_side`` shrinks larger images before preprocessing. ``json_schema`` cannot be enforced here:
     answers are free text, parsed downstream. Sampling uses only the request's temperature (no top-k/top-p);
     other settings of the model's generation config (e.g. repetition penalty) still apply. ``share_prefill``
-    computes each prompt once for its ``n`` samples (None: for LLaVA-family models, where it is known to
-    give the same answers as the plain path).
+    computes each prompt once for its ``n`` samples (None: for LLaVA, where it is checked to give the
+    answers of plain ``generate``; other models with 1-D positions can opt in).
     """
 
     name = "transformers"
@@ -142,6 +142,10 @@ class TransformersBackend(LMMBackend):
             try:
                 processor = AutoProcessor.from_pretrained(self.model_path)
                 model: Any = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=torch_dtype)
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"loading the multimodal model {self.model_path!r} needs a package that is not installed: {exc}"
+                ) from exc
             except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
                 raise CheckpointError(
                     f"cannot load the multimodal model {self.model_path!r} with transformers "
