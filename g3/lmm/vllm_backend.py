@@ -56,7 +56,7 @@ class VLLMBackend(LMMBackend):
             else None
         )
         return SamplingParams(
-            n=request.n,
+            n=1 if request.temperature == 0 else request.n,  # vLLM refuses n > 1 when greedy: see _generate_locked
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             seed=request.seed,
@@ -94,7 +94,8 @@ class VLLMBackend(LMMBackend):
         return [
             LMMResponse(
                 tag=r.tag,
-                texts=tuple(o.text for o in out.outputs),
+                # greedy decoding gives one answer; repeat it so that every request has its n answers
+                texts=tuple(o.text for o in out.outputs) * (r.n if r.temperature == 0 else 1),
                 usage=Usage(len(out.prompt_token_ids or ()), sum(len(o.token_ids) for o in out.outputs)),
                 latency_s=elapsed,
             )
