@@ -109,6 +109,7 @@ def test_in_process_vllm_backend(vllm_model: Path, tmp_path: Path) -> None:
          "image": base64.b64encode(r.image).decode()}
         for r in requests
     ]  # fmt: skip
+    specs.append({**specs[0], "temperature": 0.0, "n": 3, "tag": "greedy"})
     (tmp_path / "requests.json").write_text(json.dumps(specs))
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run(
@@ -119,8 +120,9 @@ def test_in_process_vllm_backend(vllm_model: Path, tmp_path: Path) -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT ") :])
-    assert result["tags"] == ["zero_shot", "rag_5", "rag_10", "rag_15"]
-    assert result["errors"] == [None] * 4 and result["n"] == [10] * 4
+    assert result["tags"] == ["zero_shot", "rag_5", "rag_10", "rag_15", "greedy"]
+    assert result["errors"] == [None] * 5 and result["n"] == [10, 10, 10, 10, 3]
+    assert len(set(result["texts"][4])) == 1  # greedy: one answer, repeated n times
     assert all(p > 0 and c > 0 for p, c in result["usage"])
     assert all(result["reproducible"])  # seeded sampling
     _, stats = parse_answers([t for texts in result["texts"] for t in texts])
