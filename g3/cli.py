@@ -351,6 +351,64 @@ def index_gallery(
     typer.echo(json.dumps(out, indent=2))
 
 
+@app.command()
+def locate(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to locate.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")] = Path(
+        "configs/paper.yaml"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full predictions as JSON.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Also print the candidates and the evidence.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Photos located at once.")] = 4,
+) -> None:
+    """Locate photos: coordinates, place and confidence (exit status 1 if any photo failed)."""
+    from g3.agent import G3
+
+    with G3.from_config(config) as g3:
+        results = g3.locate_batch(photos, concurrency=concurrency, return_exceptions=True)
+    failed = 0
+    if as_json:
+        out = [r.model_dump(mode="json") if not isinstance(r, BaseException) else {"error": str(r)} for r in results]
+        typer.echo(json.dumps(out if len(photos) > 1 else out[0], indent=2, ensure_ascii=False))
+    for photo, result in zip(photos, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, G3Error):
+                raise result
+            failed += 1
+            typer.echo(f"error: {photo}: {result}", err=True)
+            continue
+        if as_json:
+            continue
+        place = f" — {result.place}" if result.place else ""
+        typer.echo(
+            f"{photo}: {result.lat:.5f}, {result.lon:.5f}{place} (score {result.score:.3f}, from {result.source})"
+        )
+        for warning in result.warnings:
+            typer.echo(f"  note: {warning}")
+        if explain:
+            typer.echo(_explanation(result))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _explanation(prediction: Any) -> str:
+    lines = ["  candidates (best first):"]
+    for c in prediction.candidates:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in c.components.items())
+        lines.append(f"    #{c.rank} {c.lat:9.4f} {c.lon:10.4f}  {c.source:<10} score {c.score:.3f}  ({parts})")
+    if prediction.similar:
+        lines.append("  similar database images:")
+        lines += [f"    {n.lat:9.4f} {n.lon:10.4f}  {n.score:.3f}  {n.place}" for n in prediction.similar[:5]]
+    usage = prediction.usage
+    if usage.prompts:
+        tokens = f"{usage.prompt_tokens} + {usage.completion_tokens} tokens"
+        lines.append(
+            f"  LMM: {usage.prompts} prompts ({usage.failed_prompts} failed), {tokens}; parsing: {prediction.parse}"
+        )
+    lines.append("  timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in prediction.timings.items()))
+    return "\n".join(lines)
+
+
 @prompts_app.command("export")
 def prompts_export(
     folder: Annotated[Path, typer.Argument(help="Folder to copy the templates into (created).")],

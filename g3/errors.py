@@ -33,3 +33,7 @@ class GeoIndexError(G3Error):
 
 class GeocodingError(G3Error):
     """A geocoding service that failed or answered unusably; the message names the coordinate."""
+
+
+class InvalidImageError(G3Error, ValueError):
+    """An input image that cannot be used: undecodable, truncated, too large, or of an unsupported kind."""

@@ -469,13 +469,22 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
         img.load()
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as exc:  # a broken EXIF block must not make a good image unreadable
-            logger.debug("ignoring unreadable EXIF orientation of %s: %s", name, exc)
-        return _to_rgb(img)
+        return to_upright_rgb(img, name)
     except Exception as exc:
         raise _decode_error(name, exc) from exc
+
+
+def to_upright_rgb(img: Image.Image, name: str) -> Image.Image:
+    """A loaded image of any mode as upright 8-bit RGB (see `decode_image`); ``name`` is for logs only.
+
+    Call ``img.load()`` first: this function ignores a broken EXIF block, and must not hide a decoding
+    error behind it. Raises PIL's own errors (e.g. ``ValueError``) for modes PIL cannot convert.
+    """
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block must not make a good image unreadable
+        logger.debug("ignoring unreadable EXIF orientation of %s: %s", name, exc)
+    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -492,12 +501,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _wide_gray_to_l(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer or float grayscale → 8-bit ``L`` (PIL's own conversion clips at 255)."""
+    """16-bit, 32-bit integer or float grayscale → 8-bit ``L`` (PIL's own conversion clips at 255).
+
+    16-bit data is divided by 257 (65535 → 255); float data in [0, 1] is multiplied by 255; data already
+    in [0, 255] is kept; any other range (32-bit integers, negative or large floats) is stretched linearly
+    from its minimum and maximum to [0, 255]. NaN and infinities become 0.
+    """
     arr = np.asarray(img).astype(np.float64)
-    if img.mode == "F":
-        if arr.size and np.nanmax(arr) <= 1.0:
-            arr = arr * 255.0
-    elif img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif img.mode.startswith("I;16") or (img.mode == "I" and 255.0 < hi <= 65535.0 and lo >= 0.0):
         arr = arr / 257.0  # 65535 → 255
-    out = np.clip(np.rint(np.nan_to_num(arr, nan=0.0)), 0, 255).astype(np.uint8)
+    elif lo < 0.0 or hi > 255.0:
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    out = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return Image.fromarray(out)

@@ -1,0 +1,122 @@
+"""`G3Config`: one object (loadable from YAML) with every knob of the pipeline and the paper's defaults.
+
+Paths are taken as written (relative paths are relative to the working directory). A value of the form
+``tiny://NAME`` names an offline asset that g3 builds on first use in the cache folder (see
+`g3.agent.tiny`): it makes ``configs/tiny.yaml`` run anywhere with no download, with meaningless answers.
+Secrets are never read from the file: the API key of an OpenAI-compatible server comes from the
+environment variable named by ``lmm.api_key_env``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from g3.errors import G3Error
+from g3.lmm.prompts import EnsembleConfig
+from g3.verify import VerifyConfig
+
+
+class ConfigError(G3Error):
+    """A configuration file or value that cannot be used."""
+
+
+class LMMConfig(BaseModel):
+    """Which multimodal model answers the prompts, and how it is reached."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["none", "vllm", "openai", "transformers"] = "vllm"
+    model: str = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, local folder, or served name")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the API key")
+    timeout_s: float = Field(default=120.0, gt=0, description="limit for all prompts of one image")
+    max_concurrency: int = Field(default=8, ge=1)
+    max_retries: int = Field(default=3, ge=0)
+    device: str = Field(default="auto", description="transformers backend: auto | cpu | cuda")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM(**engine_args)")
+    batch_window_ms: float = Field(default=5.0, ge=0, description="micro-batching window across concurrent prompts")
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> LMMConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("lmm.backend 'openai' needs lmm.base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class PipelineConfig(BaseModel):
+    """Which steps run. The switches reproduce the paper's ablations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["full", "retrieval", "gallery"] = Field(
+        default="full",
+        description="full: G3; retrieval: retrieved coordinates only (no LMM); gallery: GeoCLIP-style GPS gallery",
+    )
+    geo_alignment: bool = Field(default=True, description="False: retrieve with the raw CLIP view only")
+    diversification: bool = Field(default=True, description="False: a single RAG prompt instead of the ensemble")
+    verification: bool = Field(default=True, description="False: pick a candidate at random (seeded)")
+    describe: Literal["offline", "none"] = Field(default="offline", description="reverse-geocode the answer")
+    gallery_k: int = Field(default=5, ge=1, description="gallery mode: gallery points verified")
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_image_side: int | None = Field(default=1024, ge=32, description="photos are downscaled to this for LMMs")
+    seed: int = 0
+
+
+class G3Config(BaseModel):
+    """Everything that defines a G3 pipeline. ``G3Config()`` is the paper's setting (GPU machine)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aligner: str = Field(default="checkpoints/g3", description="g3 aligner checkpoint folder (or tiny://aligner)")
+    index: str | None = Field(default="indices/mp16", description="geo index folder (or tiny://index)")
+    gallery: str | None = Field(default=None, description="'geoclip', a CSV of coordinates, or None")
+    lmm: LMMConfig = Field(default_factory=LMMConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    cache_dir: str | None = Field(default=None, description="where tiny:// assets and gallery embeddings go")
+    note: str | None = Field(default=None, description="shown with every prediction (e.g. 'answers are meaningless')")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> G3Config:
+        if self.pipeline.mode in ("full", "retrieval") and self.index is None:
+            raise ValueError(f"pipeline.mode '{self.pipeline.mode}' needs an index")
+        if self.pipeline.mode == "gallery" and self.gallery is None:
+            raise ValueError("pipeline.mode 'gallery' needs a gallery ('geoclip' or a CSV)")
+        if self.pipeline.mode == "full" and self.lmm.backend == "none":
+            raise ValueError("pipeline.mode 'full' needs an LMM backend; use mode 'retrieval' to run without one")
+        return self
+
+    @property
+    def effective_ensemble(self) -> EnsembleConfig:
+        """The ensemble actually run: without diversification, only the largest RAG prompt."""
+        if self.pipeline.diversification:
+            return self.ensemble
+        rag = [p for p in self.ensemble.prompts if p.k_similar or p.k_dissimilar] or list(self.ensemble.prompts)
+        return self.ensemble.model_copy(update={"prompts": (max(rag, key=lambda p: p.k_similar),)})
+
+    @classmethod
+    def load(cls, source: str | Path | dict[str, Any] | G3Config) -> G3Config:
+        """A config from a YAML file, a mapping, or a config (returned as is)."""
+        if isinstance(source, G3Config):
+            return source
+        where = "the configuration mapping"
+        if isinstance(source, str | Path):
+            path = Path(source)
+            where = str(path)
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except OSError as exc:
+                raise ConfigError(f"cannot read the configuration {path}: {exc}") from exc
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        else:
+            data = source
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid configuration in {where}:\n{exc}") from exc

@@ -1,0 +1,215 @@
+"""`G3`: the entry point — ``G3.from_config("configs/tiny.yaml").locate("photo.jpg")``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from g3.agent import tiny
+from g3.agent.config import G3Config, LMMConfig
+from g3.agent.graph import G3Runtime, LocateState, build_graph
+from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
+from g3.data.query_image import load_query_image
+from g3.index import GeoIndex, GPSGallery
+from g3.lmm.base import LMMBackend
+from g3.lmm.batching import BatchingBackend
+from g3.models import GeoAligner
+
+log = logging.getLogger(__name__)
+
+#: What `G3.locate` accepts: a path, encoded bytes, a PIL image or a numpy array.
+ImageInput = Any
+
+
+def make_backend(config: LMMConfig, cache_dir: Path | None = None) -> LMMBackend | None:
+    """The LMM backend a configuration names (wrapped in a micro-batcher), or None for ``backend: none``."""
+    import os
+
+    if config.backend == "none":
+        return None
+    model = tiny.resolve(config.model, cache_dir)
+    inner: LMMBackend
+    if config.backend == "openai":
+        from g3.lmm.openai_backend import OpenAIBackend
+
+        assert config.base_url is not None  # validated by LMMConfig
+        inner = OpenAIBackend(config.base_url, model, api_key=os.environ.get(config.api_key_env),
+                              max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
+                              max_retries=config.max_retries)  # fmt: skip
+    elif config.backend == "vllm":
+        from g3.lmm.vllm_backend import VLLMBackend
+
+        inner = VLLMBackend(model, **config.engine_args)
+    else:
+        import torch
+
+        from g3.lmm.transformers_backend import TransformersBackend
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        inner = TransformersBackend(model, device=device)
+    # in-process engines run one call at a time (batched inside); an HTTP server takes calls concurrently
+    concurrent = config.max_concurrency if config.backend == "openai" else 1
+    return BatchingBackend(inner, max_wait_ms=config.batch_window_ms, max_concurrent_calls=concurrent)
+
+
+class G3:
+    """Worldwide image geolocalization with G3. The constructor takes loaded parts and does no I/O;
+    `G3.from_config` loads them from a configuration."""
+
+    def __init__(
+        self,
+        config: G3Config,
+        *,
+        aligner: GeoAligner,
+        index: GeoIndex | None = None,
+        gallery: GPSGallery | None = None,
+        backend: LMMBackend | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime = G3Runtime(config=config, aligner=aligner, index=index, gallery=gallery, backend=backend)
+        self.graph = build_graph(config)
+
+    @classmethod
+    def from_config(cls, source: str | Path | dict[str, Any] | G3Config) -> G3:
+        """Load aligner, index, gallery and LMM backend named by a config (YAML path, mapping or object)."""
+        config = G3Config.load(source)
+        cache = Path(config.cache_dir) if config.cache_dir else None
+        aligner = GeoAligner.from_pretrained(tiny.resolve(config.aligner, cache))
+        import torch
+
+        if torch.cuda.is_available():
+            aligner = aligner.to("cuda")
+        index = None
+        if config.pipeline.mode != "gallery" and config.index:
+            index = GeoIndex.load(tiny.resolve(config.index, cache), aligner=aligner)
+        gallery = None
+        if config.pipeline.mode == "gallery" and config.gallery:
+            from g3.index.gallery import GPSGallery as _Gallery
+
+            gallery = _Gallery.from_source(config.gallery, aligner)
+        backend = make_backend(config.lmm, cache) if config.pipeline.mode == "full" else None
+        return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend)
+
+    # -- locating -----------------------------------------------------------------------------------
+
+    def _input(self, image: ImageInput) -> dict[str, Any]:
+        pipe = self.config.pipeline
+        query = load_query_image(image, max_pixels=pipe.max_image_pixels, max_side=pipe.max_image_side)
+        return {"image": query, "warnings": [], "timings": {}}
+
+    async def alocate(self, image: ImageInput) -> GeoPrediction:
+        """Locate one photo (path, bytes, PIL image or numpy array). Raises `InvalidImageError` for bad input."""
+        state = await self.graph.ainvoke(self._input(image), context=self.runtime)
+        return self.prediction(state)
+
+    def locate(self, image: ImageInput) -> GeoPrediction:
+        """Synchronous `alocate`."""
+        return asyncio.run(self.alocate(image))
+
+    async def alocate_batch(
+        self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Locate several photos, ``concurrency`` at a time (their prompts share LMM batches).
+
+        With ``return_exceptions`` a failing photo gives its exception in place of a prediction.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(image: ImageInput) -> GeoPrediction:
+            async with semaphore:
+                return await self.alocate(image)
+
+        return list(await asyncio.gather(*(one(i) for i in images), return_exceptions=return_exceptions))
+
+    def locate_batch(
+        self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Synchronous `alocate_batch`."""
+        return asyncio.run(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions))
+
+    async def astream(self, image: ImageInput) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Step-by-step progress: yields ``(node name, its state update)`` as each step finishes, then
+        ``("prediction", {"prediction": GeoPrediction})``."""
+        state: dict[str, Any] = self._input(image)
+        async for chunk in self.graph.astream(state, context=self.runtime, stream_mode="updates"):
+            for node, update in chunk.items():
+                for key, value in (update or {}).items():
+                    if key in ("responses", "warnings"):
+                        state[key] = state.get(key, []) + list(value)
+                    elif key == "timings":
+                        state[key] = {**state.get(key, {}), **value}
+                    else:
+                        state[key] = value
+                yield node, update or {}
+        yield "prediction", {"prediction": self.prediction(state)}  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self.runtime.backend is not None:
+            self.runtime.backend.close()
+
+    # -- result ---------------------------------------------------------------------------------------
+
+    def prediction(self, state: LocateState) -> GeoPrediction:
+        """Assemble the `GeoPrediction` from a finished graph state."""
+        ranked = state["ranked"]
+        best = ranked[0]
+        responses = state.get("responses", [])
+        backend = self.runtime.backend
+        similar = state.get("similar")
+        dissimilar = state.get("dissimilar")
+
+        def neighbours(found: Any) -> list[Neighbour]:
+            if found is None:
+                return []
+            return [
+                Neighbour(img_id=found.ids[i] if i < len(found.ids) else None, lat=float(lat), lon=float(lon),
+                          score=float(found.scores[i]), place=found.places[i] if i < len(found.places) else "")
+                for i, (lat, lon) in enumerate(found.coordinates)
+            ]  # fmt: skip
+
+        timings = dict(state.get("timings", {}))
+        per_prompt = [v for k, v in timings.items() if k.startswith("generate:")]
+        if per_prompt:
+            timings["generate"] = max(per_prompt)
+        warnings = list(state.get("warnings", []))
+        if self.config.note:
+            warnings.append(self.config.note)
+        return GeoPrediction(
+            lat=best.candidate.lat,
+            lon=best.candidate.lon,
+            score=float(best.score),
+            source=best.candidate.source,
+            address=state.get("address"),
+            candidates=[
+                RankedCandidate(lat=s.candidate.lat, lon=s.candidate.lon, source=s.candidate.source,
+                                sample=s.candidate.sample, score=float(s.score),
+                                components={k: float(v) for k, v in s.components.items()}, rank=s.rank)
+                for s in ranked
+            ],  # fmt: skip
+            similar=neighbours(similar),
+            dissimilar=neighbours(dissimilar),
+            usage=LMMUsage(
+                backend=backend.name if backend is not None else None,
+                prompts=len(responses),
+                failed_prompts=sum(not r.ok for r in responses),
+                prompt_tokens=sum(r.usage.prompt_tokens for r in responses),
+                completion_tokens=sum(r.usage.completion_tokens for r in responses),
+            ),
+            parse=state["parse"].to_dict() if "parse" in state else {},
+            timings=timings,
+            warnings=warnings,
+            mode=self.config.pipeline.mode,
+            note=self.config.note,
+        )
+
+    def __enter__(self) -> G3:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,194 @@
+"""The LangGraph workflow of one query: encode → retrieve → render → generate (fan-out) → parse → verify → describe.
+
+State is a ``TypedDict``; only keys written by parallel workers have reducers. Models, index, gallery
+and LMM backend come in through the runtime context (`G3Runtime`), never module globals. Each node
+calls one function of `g3.agent.steps` and records its wall time. The shape of the graph follows the
+configuration: ``pipeline.mode`` (full | retrieval | gallery) and the ablation switches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from g3.agent import steps
+from g3.agent.config import G3Config
+from g3.data.query_image import QueryImage
+from g3.index import GeoIndex, GPSGallery
+from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse
+from g3.lmm.batching import generate_with_timeout
+from g3.lmm.parse import ParseStats
+from g3.models import GeoAligner
+from g3.verify import Candidate, ScoredCandidate
+
+
+def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {**left, **right}
+
+
+class LocateState(TypedDict, total=False):
+    image: QueryImage
+    views: steps.QueryViews
+    similar: steps.RetrievedSet
+    dissimilar: steps.RetrievedSet
+    requests: list[LMMRequest]
+    responses: Annotated[list[LMMResponse], operator.add]  # one per parallel generate worker
+    candidates: list[Candidate]
+    parse: ParseStats
+    ranked: list[ScoredCandidate]
+    address: dict[str, str] | None
+    warnings: Annotated[list[str], operator.add]
+    timings: Annotated[dict[str, float], _merge]
+
+
+class GenerateTask(TypedDict):
+    """The narrow input of one generate worker."""
+
+    request: LMMRequest
+
+
+@dataclass(frozen=True)
+class G3Runtime:
+    """What nodes need besides the state: configuration, models, databases, the LMM backend."""
+
+    config: G3Config
+    aligner: GeoAligner
+    index: GeoIndex | None = None
+    gallery: GPSGallery | None = None
+    backend: LMMBackend | None = None
+
+
+Node = Callable[[Any, Runtime[G3Runtime]], Awaitable[dict[str, Any]]]
+
+
+def _timed(name: str, fn: Node) -> Node:
+    async def node(state: Any, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+        start = time.perf_counter()
+        update = await fn(state, runtime)
+        timings = {**update.get("timings", {}), name: time.perf_counter() - start}
+        return {**update, "timings": timings}
+
+    return node
+
+
+# -- nodes: each calls one step function ----------------------------------------------------------------
+
+
+async def encode(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    return {"views": await asyncio.to_thread(steps.encode_query, runtime.context.aligner, state["image"])}
+
+
+async def retrieve(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ctx = runtime.context
+    ensemble = ctx.config.effective_ensemble
+    assert ctx.index is not None  # guaranteed by the graph shape: retrieval modes need an index
+    similar, dissimilar = await asyncio.to_thread(
+        steps.retrieve,
+        ctx.index,
+        state["views"],
+        k_similar=max(ensemble.max_k_similar, ensemble.retrieved_candidates, 1),
+        k_dissimilar=ensemble.max_k_dissimilar if ctx.config.pipeline.mode == "full" else 0,
+        geo_alignment=ctx.config.pipeline.geo_alignment,
+    )
+    return {"similar": similar, "dissimilar": dissimilar}
+
+
+async def gallery(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ctx = runtime.context
+    assert ctx.gallery is not None  # guaranteed by the graph shape
+    candidates = steps.gallery_candidates(ctx.gallery, state["views"], ctx.config.pipeline.gallery_k)
+    return {"candidates": candidates, "similar": steps.RetrievedSet.empty()}
+
+
+async def render(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ensemble = runtime.context.config.effective_ensemble
+    return {"requests": steps.render_requests(ensemble, state["image"], state["similar"], state["dissimilar"])}
+
+
+def fan_out(state: LocateState) -> list[Send]:
+    """One generate worker per prompt, running concurrently."""
+    return [Send("generate", GenerateTask(request=r)) for r in state["requests"]]
+
+
+async def generate(task: GenerateTask, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ctx = runtime.context
+    assert ctx.backend is not None  # guaranteed by the graph shape: full mode needs a backend
+    (response,) = await generate_with_timeout(ctx.backend, [task["request"]], ctx.config.lmm.timeout_s)
+    return {"responses": [response], "timings": {f"generate:{response.tag}": response.latency_s}}
+
+
+async def parse(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ensemble = runtime.context.config.effective_ensemble
+    collected = steps.collect_candidates(state.get("responses", []), state["similar"], ensemble)
+    return {"candidates": collected.candidates, "parse": collected.parse, "warnings": collected.warnings}
+
+
+async def retrieval_only(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    count = max(runtime.context.config.ensemble.retrieved_candidates, 1)
+    return {"candidates": steps.retrieval_candidates(state["similar"], count)}
+
+
+async def verify(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    ctx = runtime.context
+    ranked = await asyncio.to_thread(
+        steps.verify_candidates, state["candidates"], state["views"], ctx.aligner, state["similar"], ctx.config.verify
+    )
+    return {"ranked": ranked}
+
+
+async def pick_random(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    return {"ranked": steps.random_pick(state["candidates"], state["image"], runtime.context.config.pipeline.seed)}
+
+
+async def describe(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    best = state["ranked"][0].candidate
+    return {"address": await asyncio.to_thread(steps.describe_location, best.lat, best.lon)}
+
+
+def build_graph(config: G3Config) -> Any:
+    """The compiled graph for this configuration (nodes and edges depend on mode and ablations)."""
+    graph = StateGraph(LocateState, context_schema=G3Runtime)
+    mode = config.pipeline.mode
+
+    def add(name: str, fn: Node, **kwargs: Any) -> None:
+        graph.add_node(name, _timed(name, fn), **kwargs)
+
+    add("encode", encode)
+    graph.add_edge(START, "encode")
+    if mode == "gallery":
+        add("gallery", gallery)
+        graph.add_edge("encode", "gallery")
+        last = "gallery"
+    else:
+        add("retrieve", retrieve)
+        graph.add_edge("encode", "retrieve")
+        if mode == "full":
+            add("render", render)
+            graph.add_node("generate", generate, input_schema=GenerateTask)
+            add("parse", parse)
+            graph.add_edge("retrieve", "render")
+            graph.add_conditional_edges("render", fan_out, ["generate"])
+            graph.add_edge("generate", "parse")
+            last = "parse"
+        else:
+            add("candidates", retrieval_only)
+            graph.add_edge("retrieve", "candidates")
+            last = "candidates"
+    chooser = "verify" if config.pipeline.verification else "pick_random"
+    add(chooser, verify if config.pipeline.verification else pick_random)
+    graph.add_edge(last, chooser)
+    if config.pipeline.describe == "offline":
+        add("describe", describe)
+        graph.add_edge(chooser, "describe")
+        graph.add_edge("describe", END)
+    else:
+        graph.add_edge(chooser, END)
+    return graph.compile()

@@ -1,0 +1,75 @@
+"""`GeoPrediction`: what `G3.locate` returns — the answer, every candidate and the evidence, as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RankedCandidate(BaseModel):
+    """One candidate location with where it came from and how it scored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lat: float
+    lon: float
+    source: str = Field(description="'retrieval', 'gallery' or the prompt that produced it (e.g. 'rag_10')")
+    sample: int = Field(description="answer index within its prompt, or retrieval rank")
+    score: float
+    components: dict[str, float] = Field(description="raw score components: embedding, consensus, retrieval")
+    rank: int
+
+
+class Neighbour(BaseModel):
+    """A retrieved database image used as evidence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    img_id: str | None
+    lat: float
+    lon: float
+    score: float
+    place: str = ""
+
+
+class LMMUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    backend: str | None = None
+    prompts: int = 0
+    failed_prompts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class GeoPrediction(BaseModel):
+    """The location of one photo. ``lat``/``lon`` in degrees; ``score`` is the chosen candidate's fused score.
+
+    ``candidates`` are ranked best first (the answer is rank 0). ``warnings`` say when a step degraded
+    (an LMM that failed or timed out, no parseable answer, …); ``timings`` are seconds per step.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    lat: float
+    lon: float
+    score: float
+    source: str
+    address: dict[str, str] | None = None
+    candidates: list[RankedCandidate]
+    similar: list[Neighbour] = Field(default_factory=list)
+    dissimilar: list[Neighbour] = Field(default_factory=list)
+    usage: LMMUsage = Field(default_factory=LMMUsage)
+    parse: dict[str, Any] = Field(default_factory=dict, description="answer-parsing counts (g3.lmm.ParseStats)")
+    timings: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    mode: str = "full"
+    note: str | None = None
+
+    @property
+    def place(self) -> str:
+        """"City, State, Country" of the answer when known, else ""."""
+        if not self.address:
+            return ""
+        return ", ".join(v for k in ("city", "state", "country") if (v := self.address.get(k)))

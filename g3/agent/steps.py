@@ -1,0 +1,176 @@
+"""The steps of one query as plain functions; the LangGraph nodes are thin wrappers around them.
+
+Every function can be used and tested without LangGraph: encode the photo, retrieve neighbours (or
+search a GPS gallery), render the prompt ensemble, turn LMM answers into candidates, verify, describe.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from g3.data.query_image import QueryImage
+from g3.errors import G3Error
+from g3.index import GeoIndex, GPSGallery
+from g3.lmm.base import LMMRequest, LMMResponse
+from g3.lmm.parse import ParseStats, parse_answers
+from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests
+from g3.models import GeoAligner
+from g3.verify import Candidate, ScoredCandidate, VerifyConfig, verify
+
+
+@dataclass(frozen=True)
+class QueryViews:
+    """The photo's embeddings as float32 numpy: the three views, each ``(D,)``."""
+
+    clip: np.ndarray
+    text_aligned: np.ndarray
+    gps_aligned: np.ndarray
+
+    def key(self, geo_alignment: bool = True) -> np.ndarray:
+        """Retrieval key ``(3·D,)``; without geo-alignment only the raw CLIP view (others zero), which makes
+        inner-product search equal to plain CLIP retrieval."""
+        if geo_alignment:
+            return np.concatenate([self.clip, self.text_aligned, self.gps_aligned])
+        return np.concatenate([self.clip, np.zeros_like(self.text_aligned), np.zeros_like(self.gps_aligned)])
+
+
+@dataclass(frozen=True)
+class RetrievedSet:
+    """k neighbours of the photo, best first (for dissimilar ones: least similar first)."""
+
+    coordinates: np.ndarray  # (k, 2)
+    scores: np.ndarray  # (k,)
+    ids: list[str | None] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls) -> RetrievedSet:
+        return cls(np.zeros((0, 2)), np.zeros(0))
+
+
+@torch.inference_mode()
+def encode_query(aligner: GeoAligner, image: QueryImage) -> QueryViews:
+    """Embed the photo with the aligner."""
+    views = aligner.encode_image([image.image])
+    return QueryViews(*(v[0].float().cpu().numpy() for v in (views.clip, views.text_aligned, views.gps_aligned)))
+
+
+def retrieve(
+    index: GeoIndex, views: QueryViews, *, k_similar: int, k_dissimilar: int, geo_alignment: bool = True
+) -> tuple[RetrievedSet, RetrievedSet]:
+    """The ``k_similar`` most similar and ``k_dissimilar`` least similar database images."""
+    result = index.search(views.key(geo_alignment), max(k_similar, 1), dissimilar=k_dissimilar > 0,
+                          dissimilar_k=k_dissimilar or None)  # fmt: skip
+
+    def pack(n: object) -> RetrievedSet:
+        rows = n.rows[0]  # type: ignore[attr-defined]
+        keep = rows >= 0
+        return RetrievedSet(
+            coordinates=n.coordinates[0][keep],  # type: ignore[attr-defined]
+            scores=n.scores[0][keep].astype(np.float64),  # type: ignore[attr-defined]
+            ids=[str(i) for i in n.ids[0][keep]],  # type: ignore[attr-defined]
+            places=[str(p) for p in index.place_names(rows[keep])],
+        )
+
+    similar = pack(result.similar)
+    dissimilar = pack(result.dissimilar) if result.dissimilar is not None else RetrievedSet.empty()
+    return similar, dissimilar
+
+
+def gallery_candidates(gallery: GPSGallery, views: QueryViews, k: int) -> list[Candidate]:
+    """The ``k`` gallery points closest to the photo's GPS-aligned vector (GeoCLIP-style)."""
+    found = gallery.search(views.gps_aligned[None, :], k)
+    return [
+        Candidate(float(found.lat[0, j]), float(found.lon[0, j]), "gallery", j, float(found.scores[0, j]))
+        for j in range(found.rows.shape[1])
+    ]
+
+
+def render_requests(config: EnsembleConfig, image: QueryImage, similar: RetrievedSet, dissimilar: RetrievedSet) -> list[LMMRequest]:
+    """The prompt ensemble for the photo (one request per prompt)."""
+    evidence = Evidence(similar.coordinates, dissimilar.coordinates, similar.places, dissimilar.places)
+    return build_requests(config, image.data, evidence)
+
+
+def retrieval_candidates(similar: RetrievedSet, count: int) -> list[Candidate]:
+    """The top ``count`` retrieved coordinates as candidates (source ``"retrieval"``)."""
+    return [
+        Candidate(float(lat), float(lon), "retrieval", rank, float(score))
+        for rank, ((lat, lon), score) in enumerate(zip(similar.coordinates[:count], similar.scores[:count], strict=True))
+    ]
+
+
+@dataclass(frozen=True)
+class CollectedCandidates:
+    candidates: list[Candidate]
+    parse: ParseStats
+    warnings: list[str]
+
+
+def collect_candidates(
+    responses: Sequence[LMMResponse], similar: RetrievedSet, config: EnsembleConfig
+) -> CollectedCandidates:
+    """Parse every answer; keep the first ``candidates_per_prompt`` valid ones per prompt, add the top
+    retrieved coordinates. Failed prompts and unparseable answers become warnings and counts, never points.
+
+    With no usable answer at all, the retrieved coordinates stand alone (at least the top one), with a warning.
+    """
+    candidates: list[Candidate] = []
+    stats = ParseStats()
+    warnings = [f"prompt {r.tag} failed: {r.error}" for r in responses if not r.ok]
+    for response in sorted(responses, key=lambda r: r.tag):
+        parsed, prompt_stats = parse_answers(response.texts)
+        stats = stats + prompt_stats
+        kept = [(i, p) for i, p in enumerate(parsed) if p is not None][: config.candidates_per_prompt]
+        candidates.extend(Candidate(p.lat, p.lon, response.tag, i) for i, p in kept)
+    if stats.unparseable:
+        warnings.append(f"{stats.unparseable} of {stats.answers} LMM answers could not be parsed and were dropped")
+    generated = len(candidates)
+    retrieved = retrieval_candidates(similar, config.retrieved_candidates)
+    if generated == 0:
+        warnings.append("no usable LMM answer: the answer comes from retrieval only")
+        retrieved = retrieved or retrieval_candidates(similar, 1)
+    return CollectedCandidates(candidates + retrieved, stats, warnings)
+
+
+def verify_candidates(
+    candidates: Sequence[Candidate],
+    views: QueryViews,
+    aligner: GeoAligner,
+    similar: RetrievedSet,
+    config: VerifyConfig,
+) -> list[ScoredCandidate]:
+    """G3's geo-verification of the candidates against the photo's GPS-aligned vector (+ consensus, …)."""
+    if not candidates:
+        raise G3Error("no candidate location to verify (empty index and no LMM answer)")
+    neighbours = similar.coordinates if len(similar.coordinates) else None
+    return verify(candidates, query_gps=views.gps_aligned, aligner=aligner, neighbours=neighbours, config=config)
+
+
+def random_pick(candidates: Sequence[Candidate], image: QueryImage, seed: int) -> list[ScoredCandidate]:
+    """The "without verification" ablation: a candidate chosen at random (seeded by the photo's bytes)."""
+    if not candidates:
+        raise G3Error("no candidate location to choose from")
+    order = list(range(len(candidates)))
+    random.Random(seed ^ zlib.crc32(image.data)).shuffle(order)
+    return [
+        ScoredCandidate(candidate=candidates[i], score=0.0, components={"random": float(rank == 0)}, rank=rank)
+        for rank, i in enumerate(order)
+    ]
+
+
+def describe_location(lat: float, lon: float) -> dict[str, str] | None:
+    """City / state / country of a point from GeoNames, offline; None when no place is within 50 km."""
+    from g3.data.geocode import reverse_geocode_offline
+
+    row = reverse_geocode_offline(np.array([[lat, lon]])).iloc[0]
+    if not row["country"]:
+        return None
+    fields = ("city", "county", "state", "country", "country_code")
+    return {f: str(row[f]) for f in fields if row[f]} | {"distance_km": f"{float(row['place_distance_km']):.1f}"}
