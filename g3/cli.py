@@ -41,6 +41,9 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        for noisy in ("faiss.loader", "httpx", "httpx2", "openai"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.callback()

@@ -16,6 +16,7 @@ from g3.data.query_image import load_query_image
 from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMBackend
 from g3.lmm.batching import BatchingBackend
+from g3.lmm.prompts import load_template
 from g3.models import GeoAligner
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,11 @@ class G3:
             from g3.index.gallery import GPSGallery as _Gallery
 
             gallery = _Gallery.from_source(config.gallery, aligner)
-        backend = make_backend(config.lmm, cache) if config.pipeline.mode == "full" else None
+        backend = None
+        if config.pipeline.mode == "full":
+            backend = make_backend(config.lmm, cache)
+            for spec in config.effective_ensemble.prompts:  # read (and check) the templates now, not per query
+                load_template(spec.template, config.ensemble.prompt_dir)
         return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend)
 
     # -- locating -----------------------------------------------------------------------------------
@@ -186,11 +191,17 @@ class G3:
             source=best.candidate.source,
             address=state.get("address"),
             candidates=[
-                RankedCandidate(lat=s.candidate.lat, lon=s.candidate.lon, source=s.candidate.source,
-                                sample=s.candidate.sample, score=float(s.score),
-                                components={k: float(v) for k, v in s.components.items()}, rank=s.rank)
+                RankedCandidate(
+                    lat=s.candidate.lat,
+                    lon=s.candidate.lon,
+                    source=s.candidate.source,
+                    sample=s.candidate.sample,
+                    score=float(s.score),
+                    components={k: float(v) for k, v in s.components.items()},
+                    rank=s.rank,
+                )
                 for s in ranked
-            ],  # fmt: skip
+            ],
             similar=neighbours(similar),
             dissimilar=neighbours(dissimilar),
             usage=LMMUsage(
@@ -212,4 +223,3 @@ class G3:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

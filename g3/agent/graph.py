@@ -159,7 +159,7 @@ def build_graph(config: G3Config) -> Any:
     mode = config.pipeline.mode
 
     def add(name: str, fn: Node, **kwargs: Any) -> None:
-        graph.add_node(name, _timed(name, fn), **kwargs)
+        graph.add_node(name, _timed(name, fn), **kwargs)  # type: ignore[call-overload]
 
     add("encode", encode)
     graph.add_edge(START, "encode")
@@ -172,7 +172,7 @@ def build_graph(config: G3Config) -> Any:
         graph.add_edge("encode", "retrieve")
         if mode == "full":
             add("render", render)
-            graph.add_node("generate", generate, input_schema=GenerateTask)
+            graph.add_node("generate", generate, input_schema=GenerateTask)  # type: ignore[call-overload]
             add("parse", parse)
             graph.add_edge("retrieve", "render")
             graph.add_conditional_edges("render", fan_out, ["generate"])

@@ -69,7 +69,7 @@ class GeoPrediction(BaseModel):
 
     @property
     def place(self) -> str:
-        """"City, State, Country" of the answer when known, else ""."""
+        """ "City, State, Country" of the answer when known, else ""."""
         if not self.address:
             return ""
         return ", ".join(v for k in ("city", "state", "country") if (v := self.address.get(k)))

@@ -92,7 +92,9 @@ def gallery_candidates(gallery: GPSGallery, views: QueryViews, k: int) -> list[C
     ]
 
 
-def render_requests(config: EnsembleConfig, image: QueryImage, similar: RetrievedSet, dissimilar: RetrievedSet) -> list[LMMRequest]:
+def render_requests(
+    config: EnsembleConfig, image: QueryImage, similar: RetrievedSet, dissimilar: RetrievedSet
+) -> list[LMMRequest]:
     """The prompt ensemble for the photo (one request per prompt)."""
     evidence = Evidence(similar.coordinates, dissimilar.coordinates, similar.places, dissimilar.places)
     return build_requests(config, image.data, evidence)
@@ -102,7 +104,9 @@ def retrieval_candidates(similar: RetrievedSet, count: int) -> list[Candidate]:
     """The top ``count`` retrieved coordinates as candidates (source ``"retrieval"``)."""
     return [
         Candidate(float(lat), float(lon), "retrieval", rank, float(score))
-        for rank, ((lat, lon), score) in enumerate(zip(similar.coordinates[:count], similar.scores[:count], strict=True))
+        for rank, ((lat, lon), score) in enumerate(
+            zip(similar.coordinates[:count], similar.scores[:count], strict=True)
+        )
     ]
 
 

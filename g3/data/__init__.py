@@ -26,12 +26,14 @@ from g3.data.images import (
     open_image_store,
     verify_image,
 )
+from g3.data.query_image import DEFAULT_MAX_PIXELS, QueryImage, load_query_image
 from g3.data.torch_dataset import CorpusImages
 
 __all__ = [
     "CAPTION_FIELDS",
     "CAPTION_SEPARATOR",
     "CAPTION_TEMPLATE",
+    "DEFAULT_MAX_PIXELS",
     "DROP_REASONS",
     "MIN_IMAGE_BYTES",
     "REQUIRED_COLUMNS",
@@ -42,6 +44,7 @@ __all__ = [
     "GeoCorpus",
     "ImageStore",
     "NominatimGeocoder",
+    "QueryImage",
     "TarImageStore",
     "caption_for",
     "captions_for_frame",
@@ -49,6 +52,7 @@ __all__ = [
     "fill_location_text",
     "image_file_name",
     "image_sizes",
+    "load_query_image",
     "open_image_store",
     "reverse_geocode_offline",
     "verify_image",
