@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from timing import median_seconds
+
 from g3.agent import G3
 from g3.agent import steps as st
 from g3.data.query_image import load_query_image
@@ -60,18 +62,9 @@ async def direct(g3: G3, photo: Path) -> None:
     await asyncio.to_thread(st.describe_location, ranked[0].candidate.lat, ranked[0].candidate.lon)
 
 
-def median_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def overhead(g3: G3, photos: list[Path], repeats: int) -> tuple[float, float]:
-    graph = median_s(lambda: [g3.locate(p) for p in photos], repeats)
-    plain = median_s(lambda: [asyncio.run(direct(g3, p)) for p in photos], repeats)
+    graph = median_seconds(lambda: [g3.locate(p) for p in photos], repeats)
+    plain = median_seconds(lambda: [asyncio.run(direct(g3, p)) for p in photos], repeats)
     return graph / len(photos), plain / len(photos)
 
 

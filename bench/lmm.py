@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import median_seconds
 
 from g3.lmm.base import LMMBackend, LMMRequest, encode_image
 from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests, paper_prompts
@@ -52,15 +52,6 @@ def bench_image() -> bytes:
     return encode_image(Image.fromarray(pixels))
 
 
-def median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(label: str, backend: LMMBackend, requests: list[LMMRequest], repeats: int) -> None:
     if isinstance(backend, TransformersBackend):
         backend.load()
@@ -70,8 +61,8 @@ def run(label: str, backend: LMMBackend, requests: list[LMMRequest], repeats: in
         raise SystemExit(f"{label}: generation failed: {errors[0]}")
     one_by_one = [backend.generate([r])[0] for r in requests]
     same = all(a.texts == b.texts for a, b in zip(warm, one_by_one, strict=True))
-    batched = median_time(lambda: backend.generate(requests), repeats)
-    sequential = median_time(lambda: [backend.generate([r]) for r in requests], repeats)
+    batched = median_seconds(lambda: backend.generate(requests), repeats)
+    sequential = median_seconds(lambda: [backend.generate([r]) for r in requests], repeats)
     prompt_tokens = [r.usage.prompt_tokens for r in warm]
     completion = sum(r.usage.completion_tokens for r in warm)
     print(f"\n== {label}")

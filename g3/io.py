@@ -70,3 +70,20 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a folder atomically: yields a temporary sibling to fill; on success it replaces ``target``.
+
+    On an exception the temporary folder is removed and ``target`` is left as it was.
+    """
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield staging
+        replace_folder(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

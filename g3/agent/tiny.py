@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from g3.io import replace_folder
+from g3.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,8 @@ def ensure_tiny_assets(cache_dir: Path | None = None) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny offline assets in %s (once)", folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{VERSION}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         _build(staging)
-        replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,7 @@ from g3.index.manifest import (
     file_entry,
     read_manifest,
 )
-from g3.io import atomic_write_json, replace_folder
+from g3.io import atomic_folder, atomic_write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,9 +188,7 @@ class GeoIndex:
         if not isinstance(self.backend, FaissBackend):
             raise GeoIndexError(f"saving is implemented for FAISS backends, not {type(self.backend).__name__}")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+        with atomic_folder(target) as staging:
             self.backend.write(staging / INDEX_FILE)
             pq.write_table(self.metadata, staging / METADATA_FILE)
             files = {name: file_entry(staging / name) for name in (INDEX_FILE, METADATA_FILE)}
@@ -200,10 +196,6 @@ class GeoIndex:
             atomic_write_json(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
             for name, obj in (extra_json or {}).items():
                 atomic_write_json(staging / name, obj)
-            replace_folder(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         self.manifest = manifest
         return target
 

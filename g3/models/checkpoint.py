@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +24,7 @@ from torch import nn
 
 from g3 import __version__
 from g3.errors import CheckpointError
-from g3.io import atomic_write_json, replace_folder
+from g3.io import atomic_folder, atomic_write_json
 
 if TYPE_CHECKING:
     from g3.models.aligner import GeoAligner
@@ -98,9 +96,7 @@ def save_aligner(aligner: GeoAligner, path: str | os.PathLike[str], *, include_c
     from safetensors.torch import save_file
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         state = {k: v.detach().contiguous().cpu() for k, v in aligner.trainable_state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
         if include_clip:
@@ -120,10 +116,6 @@ def save_aligner(aligner: GeoAligner, path: str | os.PathLike[str], *, include_c
                 "clip_subfolder": CLIP_SUBFOLDER if include_clip else None,
             },
         )
-        replace_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from g3.errors import TrainingError
-from g3.io import atomic_write_json, replace_folder
+from g3.io import atomic_folder, atomic_write_json
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
@@ -57,17 +56,12 @@ def save_checkpoint(
     folder = run_dir / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{_PREFIX}{state.step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
-    try:
+    with atomic_folder(target) as staging:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(staging / "trainable.safetensors")
         )
         torch.save(optimizer_state, staging / "optimizer.pt")
         atomic_write_json(staging / "state.json", {"loop": asdict(state), **meta})
-        replace_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
