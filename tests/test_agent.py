@@ -237,3 +237,26 @@ def test_config_validation(tmp_path: Path) -> None:
         G3Config.load(bad)
     paper = G3Config.load(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
     assert paper.ensemble == G3Config().ensemble and paper.verify == G3Config().verify
+
+
+def test_bundle_folder_and_nominatim_validation(tiny_assets: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from g3.agent.config import ConfigError
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("aligner", "index", "llava"):
+        (bundle / name).symlink_to(tiny_assets / name)
+    tiny_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text())
+    tiny_cfg.update(aligner="aligner", index="index")
+    tiny_cfg["lmm"]["model"] = "llava"
+    (bundle / "g3.yaml").write_text(yaml.safe_dump(tiny_cfg))
+    with G3.from_pretrained(bundle) as g3:
+        assert g3.config.aligner == str(bundle / "aligner") and g3.config.lmm.model == str(bundle / "llava")
+        p = g3.locate(np.full((32, 32, 3), 200, np.uint8))
+    assert p.usage.prompts == 4
+    with pytest.raises(ConfigError, match=r"g3\.yaml is missing"):
+        G3.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="nominatim_user_agent"):
+        G3Config.load({"pipeline": {"describe": "nominatim"}})

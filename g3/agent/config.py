@@ -59,7 +59,11 @@ class PipelineConfig(BaseModel):
     geo_alignment: bool = Field(default=True, description="False: retrieve with the raw CLIP view only")
     diversification: bool = Field(default=True, description="False: a single RAG prompt instead of the ensemble")
     verification: bool = Field(default=True, description="False: pick a candidate at random (seeded)")
-    describe: Literal["offline", "none"] = Field(default="offline", description="reverse-geocode the answer")
+    describe: Literal["offline", "nominatim", "none"] = Field(
+        default="offline", description="reverse-geocode the answer: GeoNames offline, or a Nominatim server"
+    )
+    nominatim_user_agent: str | None = Field(default=None, description="required by Nominatim's usage policy")
+    nominatim_domain: str = "nominatim.openstreetmap.org"
     gallery_k: int = Field(default=5, ge=1, description="gallery mode: gallery points verified")
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_image_side: int | None = Field(default=1024, ge=32, description="photos are downscaled to this for LMMs")
@@ -87,6 +91,8 @@ class G3Config(BaseModel):
             raise ValueError(f"pipeline.mode '{self.pipeline.mode}' needs an index")
         if self.pipeline.mode == "gallery" and self.gallery is None:
             raise ValueError("pipeline.mode 'gallery' needs a gallery ('geoclip' or a CSV)")
+        if self.pipeline.describe == "nominatim" and not self.pipeline.nominatim_user_agent:
+            raise ValueError("pipeline.describe 'nominatim' needs pipeline.nominatim_user_agent (its usage policy)")
         if self.pipeline.mode == "full" and self.lmm.backend == "none":
             raise ValueError("pipeline.mode 'full' needs an LMM backend; use mode 'retrieval' to run without one")
         return self

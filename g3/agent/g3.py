@@ -12,6 +12,7 @@ from g3.agent import tiny
 from g3.agent.config import G3Config, LMMConfig
 from g3.agent.graph import G3Runtime, LocateState, build_graph
 from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
+from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import load_query_image
 from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMBackend
@@ -21,6 +22,8 @@ from g3.models import GeoAligner
 
 log = logging.getLogger(__name__)
 
+#: The configuration file of a bundle folder (`G3.from_pretrained`).
+BUNDLE_CONFIG = "g3.yaml"
 #: What `G3.locate` accepts: a path, encoded bytes, a PIL image or a numpy array.
 ImageInput = Any
 
@@ -68,9 +71,12 @@ class G3:
         index: GeoIndex | None = None,
         gallery: GPSGallery | None = None,
         backend: LMMBackend | None = None,
+        geocoder: NominatimGeocoder | None = None,
     ) -> None:
         self.config = config
-        self.runtime = G3Runtime(config=config, aligner=aligner, index=index, gallery=gallery, backend=backend)
+        self.runtime = G3Runtime(
+            config=config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder
+        )
         self.graph = build_graph(config)
 
     @classmethod
@@ -96,7 +102,36 @@ class G3:
             backend = make_backend(config.lmm, cache)
             for spec in config.effective_ensemble.prompts:  # read (and check) the templates now, not per query
                 load_template(spec.template, config.ensemble.prompt_dir)
-        return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend)
+        geocoder = None
+        if config.pipeline.describe == "nominatim":
+            assert config.pipeline.nominatim_user_agent is not None  # validated by G3Config
+            geocoder = NominatimGeocoder(
+                config.pipeline.nominatim_user_agent,
+                cache_path=(cache or tiny.default_cache_dir()) / "nominatim-cache.json",
+                domain=config.pipeline.nominatim_domain,
+            )
+        return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> G3:
+        """Load a bundle: ``folder/g3.yaml`` whose relative paths (aligner, index, gallery, LMM model,
+        prompt folder) point inside ``folder`` — a self-contained, movable G3 setup."""
+        from g3.agent.config import ConfigError
+
+        root = Path(folder)
+        path = root / BUNDLE_CONFIG
+        if not path.is_file():
+            raise ConfigError(f"{root} is not a g3 bundle: {BUNDLE_CONFIG} is missing")
+        data = G3Config.load(path).model_dump(mode="json")
+
+        def inside(value: str | None) -> str | None:
+            return str(root / value) if value and not Path(value).is_absolute() and (root / value).exists() else value
+
+        for key in ("aligner", "index", "gallery"):
+            data[key] = inside(data[key])
+        data["lmm"]["model"] = inside(data["lmm"]["model"])
+        data["ensemble"]["prompt_dir"] = inside(data["ensemble"]["prompt_dir"])
+        return cls.from_config(data)
 
     # -- locating -----------------------------------------------------------------------------------
 
@@ -154,8 +189,11 @@ class G3:
         yield "prediction", {"prediction": self.prediction(state)}  # type: ignore[arg-type]
 
     def close(self) -> None:
+        """Release the LMM backend and save the geocoding cache."""
         if self.runtime.backend is not None:
             self.runtime.backend.close()
+        if self.runtime.geocoder is not None:
+            self.runtime.geocoder.close()
 
     # -- result ---------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from langgraph.types import Send
 
 from g3.agent import steps
 from g3.agent.config import G3Config
+from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import QueryImage
 from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse
@@ -64,6 +65,7 @@ class G3Runtime:
     index: GeoIndex | None = None
     gallery: GPSGallery | None = None
     backend: LMMBackend | None = None
+    geocoder: NominatimGeocoder | None = None
 
 
 Node = Callable[[Any, Runtime[G3Runtime]], Awaitable[dict[str, Any]]]
@@ -150,7 +152,8 @@ async def pick_random(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[s
 
 async def describe(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
     best = state["ranked"][0].candidate
-    return {"address": await asyncio.to_thread(steps.describe_location, best.lat, best.lon)}
+    geocoder = runtime.context.geocoder
+    return {"address": await asyncio.to_thread(steps.describe_location, best.lat, best.lon, geocoder)}
 
 
 def build_graph(config: G3Config) -> Any:
@@ -185,7 +188,7 @@ def build_graph(config: G3Config) -> Any:
     chooser = "verify" if config.pipeline.verification else "pick_random"
     add(chooser, verify if config.pipeline.verification else pick_random)
     graph.add_edge(last, chooser)
-    if config.pipeline.describe == "offline":
+    if config.pipeline.describe != "none":
         add("describe", describe)
         graph.add_edge(chooser, "describe")
         graph.add_edge("describe", END)

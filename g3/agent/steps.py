@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import QueryImage
 from g3.errors import G3Error
 from g3.index import GeoIndex, GPSGallery
@@ -169,12 +170,17 @@ def random_pick(candidates: Sequence[Candidate], image: QueryImage, seed: int) -
     ]
 
 
-def describe_location(lat: float, lon: float) -> dict[str, str] | None:
-    """City / state / country of a point from GeoNames, offline; None when no place is within 50 km."""
+def describe_location(lat: float, lon: float, geocoder: NominatimGeocoder | None = None) -> dict[str, str] | None:
+    """City / state / country of a point: GeoNames offline (None when no place is within 50 km), or a
+    Nominatim server through ``geocoder`` (rate-limited and cached on disk)."""
     from g3.data.geocode import reverse_geocode_offline
 
-    row = reverse_geocode_offline(np.array([[lat, lon]])).iloc[0]
+    point = np.array([[lat, lon]])
+    row = (geocoder.reverse(point) if geocoder is not None else reverse_geocode_offline(point)).iloc[0]
     if not row["country"]:
         return None
     fields = ("city", "county", "state", "country", "country_code")
-    return {f: str(row[f]) for f in fields if row[f]} | {"distance_km": f"{float(row['place_distance_km']):.1f}"}
+    address = {f: str(row[f]) for f in fields if row[f]}
+    if np.isfinite(row["place_distance_km"]):
+        address["distance_km"] = f"{float(row['place_distance_km']):.1f}"
+    return address
