@@ -28,6 +28,9 @@ corpus_app = typer.Typer(help="Training corpora (MP16-Pro style CSV + images).",
 index_app = typer.Typer(help="Geo index: build from a corpus, inspect, search.", no_args_is_help=True)
 prompts_app = typer.Typer(help="The prompt templates of G3's ensemble.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
+eval_app = typer.Typer(help="Evaluation: IM2GPS3k / YFCC4k runs, scoring prediction files, comparing runs.",
+                       no_args_is_help=True)  # fmt: skip
+app.add_typer(eval_app, name="eval")
 app.add_typer(aligner_app, name="aligner")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
@@ -410,6 +413,104 @@ def _explanation(prediction: Any) -> str:
         )
     lines.append("  timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in prediction.timings.items()))
     return "\n".join(lines)
+
+
+@eval_app.command("run")
+def eval_run(
+    dataset: Annotated[str, typer.Option(help="im2gps3k | yfcc4k | generic (IMG_ID, LAT, LON)")],
+    metadata: Annotated[Path, typer.Option(help="The dataset's metadata CSV (e.g. im2gps3k_places365.csv).")],
+    images: Annotated[Path, typer.Option(help="Folder of the dataset's images.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML), e.g. configs/eval/g3.yaml")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (resumable: run again to continue).")],
+    batch_size: Annotated[int, typer.Option(help="Images per batch (one flush of predictions.jsonl).")] = 16,
+    concurrency: Annotated[int, typer.Option(help="Images located at once.")] = 4,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images (smoke runs).")] = None,
+    convention: Annotated[str, typer.Option(help="geodesic-lt (G3) | haversine-le (GeoEstimation)")] = "geodesic-lt",
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+) -> None:
+    """Evaluate a G3 configuration on a benchmark: predictions.jsonl, metrics.json, report.md, plots."""
+    from g3.agent import G3
+    from g3.evaluation.datasets import load_dataset
+    from g3.evaluation.runner import run_evaluation
+
+    data = load_dataset(dataset, images, csv=metadata) if dataset != "generic" else load_dataset(metadata, images)
+    with G3.from_config(config) as g3:
+        result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
+                                progress=progress, convention=_convention(convention))  # fmt: skip
+    typer.echo(_accuracy_line(result["metrics"]))
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+def _convention(name: str) -> Any:
+    from g3.evaluation.metrics import CONVENTIONS
+
+    if name not in CONVENTIONS:
+        raise typer.BadParameter(f"unknown convention {name!r}; choose {', '.join(CONVENTIONS)}")
+    return name
+
+
+def _accuracy_line(metrics: dict[str, Any]) -> str:
+    op = "≤" if metrics["convention"].endswith("le") else "<"
+    cells = "  ".join(f"{op}{k}: {100 * v:.2f}%" for k, v in metrics["accuracy"].items())
+    counts = f"{metrics['n']}/{metrics['denominator']}, {metrics['convention']}"
+    return f"{cells}  median {metrics['median_km']:.1f} km  ({counts})"
+
+
+@eval_app.command("score")
+def eval_score(
+    predictions: Annotated[Path, typer.Argument(help="CSV or JSONL of per-image predictions.")],
+    convention: Annotated[str, typer.Option(help="geodesic-lt (G3) | haversine-le (GeoEstimation)")] = "geodesic-lt",
+    radius_km: Annotated[float | None, typer.Option(help="Earth radius for haversine (GeoEstimation: 6371.0).")] = None,
+    denominator: Annotated[int | None, typer.Option(help="Dataset size, if the file lacks rows for failures.")] = None,
+    gt_lat: Annotated[str | None, typer.Option(help="Column of the true latitude (default: detected).")] = None,
+    gt_lon: Annotated[str | None, typer.Option(help="Column of the true longitude.")] = None,
+    pred_lat: Annotated[str | None, typer.Option(help="Column of the predicted latitude.")] = None,
+    pred_lon: Annotated[str | None, typer.Option(help="Column of the predicted longitude.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """Score a prediction file with g3's metrics (and compare with a summary stored in it, if any)."""
+    from g3.evaluation.scoring import score_predictions, stored_summary_mismatches
+
+    given = {"gt_lat": gt_lat, "gt_lon": gt_lon, "pred_lat": pred_lat, "pred_lon": pred_lon}
+    columns = {k: v for k, v in given.items() if v is not None} or None
+    report = score_predictions(predictions, convention=_convention(convention), radius_km=radius_km,
+                               columns=columns, denominator=denominator)  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    typer.echo(_accuracy_line(report))
+    if report.get("stored_summary"):
+        mismatches = stored_summary_mismatches(report)
+        typer.echo("stored summary: " + ("reproduced exactly" if not mismatches else f"differs: {mismatches}"))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).")],
+    paper: Annotated[str | None, typer.Option(help="Add the paper's row: im2gps3k | yfcc4k")] = None,
+) -> None:
+    """Print a Markdown table of several runs side by side."""
+    from g3.evaluation.compare import compare_table
+
+    typer.echo(compare_table(list(runs), paper=paper))
+
+
+@eval_app.command("distribution")
+def eval_distribution(
+    folder: Annotated[Path, typer.Argument(help="A folder of images with no ground truth.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (resumable).")],
+    concurrency: Annotated[int, typer.Option(help="Images located at once.")] = 4,
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+) -> None:
+    """Where do these images appear to be from? Countries, continents, entropy, coverage, map."""
+    from g3.agent import G3
+    from g3.evaluation.distribution import run_distribution
+
+    with G3.from_config(config) as g3:
+        summary = run_distribution(g3, folder, out, concurrency=concurrency, progress=progress)
+    typer.echo(f"{summary['n']} images, {summary['distinct_countries']} countries, "
+               f"country entropy {summary['country_entropy_bits']:.3f} bits; report: {out / 'report.md'}")  # fmt: skip
 
 
 @prompts_app.command("export")

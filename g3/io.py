@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success rename it to ``path``.
@@ -27,6 +36,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file 0600; give it a normal file's permissions
     try:
         fh: IO[Any]
         with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as fh:
@@ -81,6 +91,7 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes the folder 0700
     try:
         yield staging
         replace_folder(staging, final)

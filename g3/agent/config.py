@@ -1,5 +1,9 @@
 """`G3Config`: one object (loadable from YAML) with every knob of the pipeline and the paper's defaults.
 
+A YAML file may start from another with ``extends: other.yaml`` (relative to the file): its mappings are
+merged key by key, the extending file winning — e.g. each evaluation baseline is a few lines over
+``configs/paper.yaml``.
+
 Paths are taken as written (relative paths are relative to the working directory). A value of the form
 ``tiny://NAME`` names an offline asset that g3 builds on first use in the cache folder (see
 `g3.agent.tiny`): it makes ``configs/tiny.yaml`` run anywhere with no download, with meaningless answers.
@@ -112,17 +116,37 @@ class G3Config(BaseModel):
             return source
         where = "the configuration mapping"
         if isinstance(source, str | Path):
-            path = Path(source)
-            where = str(path)
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except OSError as exc:
-                raise ConfigError(f"cannot read the configuration {path}: {exc}") from exc
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+            where = str(source)
+            data = _read_yaml(Path(source))
         else:
             data = source
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(f"invalid configuration in {where}:\n{exc}") from exc
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping, with ``extends:`` resolved (relative to the file) and merged."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    base_path = (path.parent / str(base_name)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

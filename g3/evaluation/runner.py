@@ -1,0 +1,285 @@
+"""The evaluation runner: locate every image of a benchmark with a `G3` pipeline, resumably, then report.
+
+A run folder holds::
+
+    config.yaml         the resolved G3Config (a resumed run must use the same one)
+    predictions.jsonl   one line per image, appended and flushed as results arrive
+    metrics.json        scores, counts, convention, config, git SHA (written at the end)
+    report.md           tables, per-continent / country / scene breakdowns, plots
+    error_cdf.png  world_map.png  recall_vs_area.png
+
+An interrupted run started again with the same folder skips every image already in
+``predictions.jsonl``. Images missing from disk and images that fail count as wrong: the denominator
+is always the whole dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from g3 import __version__
+from g3.agent import G3, G3Config, GeoPrediction
+from g3.errors import G3Error
+from g3.evaluation.datasets import EvalDataset
+from g3.evaluation.metrics import DEFAULT_CONVENTION, THRESHOLDS_KM, Convention, distances_km, recall_vs_area, summarize
+from g3.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+CONFIG = "config.yaml"
+
+
+class EvaluationError(G3Error):
+    """A run that cannot start or resume as asked."""
+
+
+def git_sha() -> str | None:
+    """The commit of the g3 checkout, when it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def prediction_record(
+    img_id: str, truth: tuple[float, float] | None, result: GeoPrediction | BaseException
+) -> dict[str, Any]:
+    """The JSONL line of one image (ground truth None when unknown)."""
+    record: dict[str, Any] = {
+        "img_id": img_id,
+        "gt_lat": truth[0] if truth else None,
+        "gt_lon": truth[1] if truth else None,
+    }
+    if isinstance(result, BaseException):
+        return record | {"pred_lat": None, "pred_lon": None, "error": f"{type(result).__name__}: {result}"}
+    return record | {
+        "pred_lat": result.lat,
+        "pred_lon": result.lon,
+        "score": result.score,
+        "source": result.source,
+        "candidates": [[c.lat, c.lon, c.score] for c in result.candidates],
+        "warnings": result.warnings,
+        "timings": result.timings,
+        "error": None,
+    }
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Records of a predictions file; a truncated last line (an interrupted write) is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                log.warning("%s: dropping a truncated last line (interrupted write)", path)
+                continue
+            raise EvaluationError(f"{path} line {number} is not JSON ({exc}); the file is corrupt") from exc
+    return records
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut an unfinished last line (an interrupted write) so that appending starts on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        keep = fh.read().rfind(b"\n") + 1
+        fh.truncate(keep)
+        log.warning("%s: removed an unfinished last line (interrupted write); that image is located again", path)
+
+
+def _check_config(run_dir: Path, config: G3Config) -> None:
+    path = run_dir / CONFIG
+    current = config.model_dump(mode="json")
+    if path.is_file():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if saved != current:
+            differs = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise EvaluationError(
+                f"{run_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
+                "use another run folder"
+            )
+    else:
+        atomic_write_text(path, yaml.safe_dump(current, sort_keys=True))
+
+
+def locate_into(
+    g3: G3,
+    items: list[tuple[str, Path, tuple[float, float] | None]],
+    path: Path,
+    *,
+    batch_size: int = 16,
+    concurrency: int = 4,
+    progress: bool = True,
+    desc: str = "locate",
+    total: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Locate ``(img_id, image path, truth or None)`` items, appending one JSONL line each to ``path``
+    (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known."""
+    from tqdm.auto import tqdm
+
+    _drop_partial_line(path)
+    total = len(items) if total is None else total
+    hits = {25.0: 0, 2500.0: 0}
+    located = 0
+    with (
+        path.open("a", encoding="utf-8") as out,
+        tqdm(total=total, initial=total - len(items), unit="img", disable=not progress, desc=desc) as bar,
+    ):
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            results = asyncio.run(g3.alocate_batch([p for _, p, _ in chunk], concurrency=concurrency,
+                                                   return_exceptions=True))  # fmt: skip
+            for (img_id, _, truth), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException) and not isinstance(result, G3Error | OSError):
+                    raise result  # a bug, not a bad image: stop rather than record it as a miss
+                record = prediction_record(img_id, truth, result)
+                out.write(json.dumps(record) + "\n")
+                if record["error"] is None and truth is not None:
+                    located += 1
+                    d = float(distances_km(np.array([truth]), np.array([[record["pred_lat"], record["pred_lon"]]]),
+                                           "haversine-le")[0])  # fmt: skip
+                    hits = {t: hits[t] + (d <= t) for t in hits}
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(chunk))
+            if located:
+                bar.set_postfix({f"≤{t:g}km": f"{100 * h / located:.1f}%" for t, h in hits.items()})
+            if on_batch is not None:
+                on_batch(start // batch_size)
+
+
+def run_evaluation(
+    g3: G3,
+    dataset: EvalDataset,
+    run_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    concurrency: int = 4,
+    limit: int | None = None,
+    progress: bool = True,
+    convention: Convention = DEFAULT_CONVENTION,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Locate the dataset's images (resuming), then write metrics, report and plots; returns the metrics."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    _check_config(run, g3.config)
+    todo_frame = dataset.present()
+    if limit is not None:
+        todo_frame = todo_frame.head(limit)
+    done = {r["img_id"] for r in read_predictions(run / PREDICTIONS)}
+    items: list[tuple[str, Path, tuple[float, float] | None]] = [
+        (str(row.IMG_ID), dataset.image_path(str(row.IMG_ID)), (float(row.LAT), float(row.LON)))  # type: ignore[arg-type]
+        for row in todo_frame.itertuples(index=False)
+        if str(row.IMG_ID) not in done
+    ]
+    log.info("%s: %d images, %d done, %d to locate, %d missing from disk", dataset.name, len(todo_frame),
+             len(done), len(items), len(dataset.missing))  # fmt: skip
+    locate_into(g3, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
+                desc=dataset.name, total=len(todo_frame), on_batch=on_batch)  # fmt: skip
+    return finalize(run, dataset, g3.config, convention=convention, limit=limit)
+
+
+def finalize(
+    run: Path, dataset: EvalDataset, config: G3Config, *, convention: Convention, limit: int | None = None
+) -> dict[str, Any]:
+    """Score ``predictions.jsonl`` and write metrics.json, report.md and the plots."""
+    from g3.evaluation.breakdown import breakdown, locate_truth
+    from g3.evaluation.plots import error_cdf, recall_area_curve, world_map
+    from g3.evaluation.report import write_metrics_json, write_report
+
+    records = pd.DataFrame(read_predictions(run / PREDICTIONS))
+    if records.empty:
+        raise EvaluationError(f"{run / PREDICTIONS} holds no prediction")
+    denominator = len(dataset.frame) if limit is None else min(limit, len(dataset.frame))
+    ok = records[records["error"].isna()].reset_index(drop=True)
+    truth = ok[["gt_lat", "gt_lon"]].to_numpy(dtype=np.float64)
+    pred = ok[["pred_lat", "pred_lon"]].to_numpy(dtype=np.float64)
+    metrics = summarize(truth, pred, convention=convention, thresholds=THRESHOLDS_KM, denominator=denominator)
+    candidates = [np.asarray(c, dtype=np.float64).reshape(-1, 3)[:, :2] for c in ok["candidates"]]
+    rva = recall_vs_area(truth, candidates, thresholds=THRESHOLDS_KM, denominator=denominator) if len(ok) else None
+
+    # breakdowns over every located-or-failed image (a failure counts as wrong in its group)
+    meta_cols = [c for c in dataset.frame.columns if c not in ("LAT", "LON")]
+    frame = dataset.frame[meta_cols].astype({"IMG_ID": str})
+    joined = records.merge(frame, left_on="img_id", right_on="IMG_ID", how="left")
+    joined[["pred_lat", "pred_lon"]] = joined[["pred_lat", "pred_lon"]].astype(np.float64)
+    located = locate_truth(joined.rename(columns={"gt_lat": "LAT", "gt_lon": "LON"}))
+    joined[["country", "continent"]] = located[["country", "continent"]].to_numpy()
+    groups = ["continent", "country"] + [c for c in ("S3_Label",) if c in joined.columns]
+    breakdowns = {g: breakdown(joined, g, convention=convention) for g in groups}
+
+    distances = distances_km(truth, pred, convention)
+    plots = {
+        "error_cdf": error_cdf({config.pipeline.mode: distances}, run / "error_cdf.png"),
+        "world_map": world_map(truth, pred, run / "world_map.png"),
+    }
+    if rva is not None:
+        plots["recall_vs_area"] = recall_area_curve({config.pipeline.mode: rva["curve"]}, run / "recall_vs_area.png")
+    sha = git_sha()
+    failures = records[records["error"].notna()]
+    notes = [
+        f"{len(dataset.missing)} images of the dataset are missing from disk and count as wrong",
+        f"{len(failures)} images failed (recorded in predictions.jsonl) and count as wrong",
+    ]
+    payload = {
+        "dataset": dataset.name,
+        "metrics": metrics,
+        "recall_vs_area": rva,
+        "counts": {
+            "dataset": len(dataset.frame),
+            "scored": len(ok),
+            "failed": len(failures),
+            "missing_images": len(dataset.missing),
+            "denominator": denominator,
+        },
+        "config": config.model_dump(mode="json"),
+        "g3_version": __version__,
+        "git_sha": sha,
+    }
+    write_metrics_json(run, payload)
+    write_report(
+        run,
+        title=f"G3 evaluation on {dataset.name}",
+        dataset=dataset,
+        metrics=metrics,
+        rvA=rva,
+        breakdowns=breakdowns,
+        plots=plots,
+        config_summary={
+            "mode": config.pipeline.mode,
+            "lmm": config.lmm.backend,
+            "model": config.lmm.model,
+            "aligner": config.aligner,
+            "index": config.index,
+        },
+        git_sha=sha,
+        notes=notes,
+    )
+    return payload
