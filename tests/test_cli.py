@@ -216,3 +216,17 @@ def test_locate_from_the_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stdout.count("(score ") == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.jpg" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_eval_score_and_compare_from_the_command_line(tmp_path: Path) -> None:
+    baseline = SHARED_DATA / "im2gps3k" / "baselines_geoestimation" / "ISNs_M-fstar-S3.csv"
+    if not baseline.is_file():
+        pytest.skip("the shared GeoEstimation result files are not available")
+    out = run("eval", "score", str(baseline), "--convention", "haversine-le", "--radius-km", "6371.0").stdout
+    assert "≤25km: 27.99%" in out and "reproduced exactly" in out
+    data = json.loads(run("eval", "score", str(baseline), "--json").stdout)
+    assert data["convention"] == "geodesic-lt" and data["n"] == 2997
+    bad = run("eval", "score", str(baseline), "--convention", "manhattan", check=False)
+    assert bad.returncode != 0 and "unknown convention" in bad.stderr
+    missing = run("eval", "compare", str(tmp_path), check=False)
+    assert missing.returncode == 2 and "finished g3 evaluation run" in missing.stderr

@@ -245,6 +245,11 @@ def finalize(
     sha = git_sha()
     failures = records[records["error"].notna()]
     notes = [
+        *(
+            [f"smoke run: limited to the first {limit} images found on disk (denominator {denominator})"]
+            if limit
+            else []
+        ),
         f"{len(dataset.missing)} images of the dataset are missing from disk and count as wrong",
         f"{len(failures)} images failed (recorded in predictions.jsonl) and count as wrong",
     ]
