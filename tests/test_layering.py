@@ -23,7 +23,7 @@ LAYERS = {
     "agent": 4,
     "serve": 5,
     "evaluation": 5,
-    "cli": 5,
+    "cli": 6,  # the command line sits on top: it wires serve and evaluation too
 }
 ROOT = Path(g3.__file__).parent
 
