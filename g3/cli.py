@@ -415,6 +415,55 @@ def _explanation(prediction: Any) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")] = Path(
+        "configs/paper.yaml"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    model_id: Annotated[str, typer.Option(help="Model id clients ask for.")] = "g3",
+    allow_url_host: Annotated[
+        list[str] | None, typer.Option(help="Host whose http(s) image URLs may be fetched (repeat; *.suffix ok).")
+    ] = None,
+    file_root: Annotated[Path | None, typer.Option(help="Folder from which file:// image URLs may be read.")] = None,
+    max_concurrent: Annotated[int, typer.Option(help="Photos located at once.")] = 4,
+    max_waiting: Annotated[int, typer.Option(help="Requests queued before answering 429.")] = 32,
+    timeout: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 past it).")] = 300.0,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit (413 past it).")] = 32.0,
+    max_image_mb: Annotated[float, typer.Option(help="Image size limit (413 past it).")] = 20.0,
+) -> None:
+    """Serve G3 behind an OpenAI-compatible API (POST /v1/chat/completions with an image_url part).
+
+    API keys: set G3_API_KEYS to a comma-separated list to require `Authorization: Bearer <key>` on /v1.
+    """
+    import os
+
+    import uvicorn
+
+    from g3.agent import G3
+    from g3.serve.app import ServeSettings, create_app
+
+    keys = tuple(k.strip() for k in os.environ.get("G3_API_KEYS", "").split(",") if k.strip())
+    settings = ServeSettings(
+        model_id=model_id,
+        api_keys=keys,
+        allowed_url_hosts=tuple(allow_url_host or ()),
+        file_root=file_root,
+        max_concurrent=max_concurrent,
+        max_waiting=max_waiting,
+        request_timeout_s=timeout,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_image_bytes=int(max_image_mb * 2**20),
+    )
+    with G3.from_config(config) as g3:
+        logging.getLogger(__name__).info(
+            "serving %s on http://%s:%d/v1 (API keys %s)", model_id, host, port, "required" if keys else "off"
+        )
+        grace = int(settings.shutdown_grace_s)
+        uvicorn.run(create_app(g3, settings), host=host, port=port, timeout_graceful_shutdown=grace, log_level="info")
+
+
 @eval_app.command("run")
 def eval_run(
     dataset: Annotated[str, typer.Option(help="im2gps3k | yfcc4k | generic (IMG_ID, LAT, LON)")],

@@ -37,3 +37,7 @@ class GeocodingError(G3Error):
 
 class InvalidImageError(G3Error, ValueError):
     """An input image that cannot be used: undecodable, truncated, too large, or of an unsupported kind."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An input image over the configured pixel limit (a guard against decompression bombs)."""

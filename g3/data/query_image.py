@@ -24,7 +24,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from g3.data.images import to_upright_rgb
-from g3.errors import InvalidImageError
+from g3.errors import ImageTooLargeError, InvalidImageError
 
 #: Largest accepted image, in pixels (width × height), a guard against decompression bombs.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -254,14 +254,14 @@ def _check_size(size: tuple[int, int], desc: str, max_pixels: int) -> None:
 
 def _too_large(
     desc: str, size: tuple[int, int] | None, max_pixels: int, exc: BaseException | None = None
-) -> InvalidImageError:
+) -> ImageTooLargeError:
     if size is not None:
         what = f"is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels"
     elif exc is not None and (match := re.search(r"\((\d+) pixels\)", str(exc))):
         what = f"has {int(match.group(1)):,} pixels"
     else:
         what = f"is too large to decode safely ({exc})"
-    return InvalidImageError(
+    return ImageTooLargeError(
         f"{desc} {what}, more than the limit of max_pixels={max_pixels:,} (a guard against decompression "
         "bombs); downscale the image, or raise max_pixels if you trust it"
     )

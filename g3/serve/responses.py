@@ -1,0 +1,148 @@
+"""Chat-completion responses and stream chunks built from a `GeoPrediction`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from g3.agent import GeoPrediction
+from g3.serve.protocol import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    StepInfo,
+    UsageInfo,
+)
+
+
+def new_id() -> str:
+    return f"chatcmpl-g3-{uuid.uuid4().hex[:24]}"
+
+
+def wants_json(request: ChatCompletionRequest) -> bool:
+    return request.response_format is not None and request.response_format.type in ("json_object", "json_schema")
+
+
+def answer_text(prediction: GeoPrediction, rank: int) -> str:
+    """A short natural-language answer for the candidate of ``rank`` (0 = the answer)."""
+    c = prediction.candidates[rank]
+    place = f" near {prediction.place}" if rank == 0 and prediction.place else ""
+    lead = "The photo was most likely taken" if rank == 0 else f"Alternative #{rank}: the photo may have been taken"
+    text = f"{lead}{place} at latitude {c.lat:.5f}, longitude {c.lon:.5f} (score {c.score:.3f}, from {c.source})."
+    if rank == 0 and prediction.warnings:
+        text += " Note: " + " ".join(w.rstrip(".") + "." for w in prediction.warnings)
+    return text
+
+
+def choice_content(prediction: GeoPrediction, request: ChatCompletionRequest, rank: int) -> str:
+    """Choice ``rank``'s content: text, or the prediction as JSON with that candidate as the answer."""
+    if not wants_json(request):
+        return answer_text(prediction, rank)
+    c = prediction.candidates[rank]
+    chosen = prediction.model_copy(update={"lat": c.lat, "lon": c.lon, "score": c.score, "source": c.source})
+    return chosen.model_dump_json()
+
+
+def usage(prediction: GeoPrediction) -> UsageInfo:
+    u = prediction.usage
+    return UsageInfo(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                     total_tokens=u.prompt_tokens + u.completion_tokens)  # fmt: skip
+
+
+def ranks(prediction: GeoPrediction, request: ChatCompletionRequest) -> range:
+    """Choices returned: ``n``, or fewer when there are fewer distinct candidates."""
+    return range(min(request.n, len(prediction.candidates)))
+
+
+def completion(
+    prediction: GeoPrediction, request: ChatCompletionRequest, request_id: str, *, model: str
+) -> ChatCompletionResponse:
+    return ChatCompletionResponse(
+        id=request_id,
+        created=int(time.time()),
+        model=model,
+        choices=[
+            Choice(index=i, message=AssistantMessage(content=choice_content(prediction, request, i)))
+            for i in ranks(prediction, request)
+        ],
+        usage=usage(prediction),
+    )
+
+
+def chunk(
+    request_id: str,
+    model: str,
+    *,
+    index: int = 0,
+    role: str | None = None,
+    content: str | None = None,
+    finish: bool = False,
+    step: str | None = None,
+    data: dict[str, Any] | None = None,
+    usage_info: UsageInfo | None = None,
+) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=request_id,
+        created=int(time.time()),
+        model=model,
+        choices=[] if usage_info is not None else [
+            ChunkChoice(index=index, delta=Delta(role=role, content=content),  # type: ignore[arg-type]
+                        finish_reason="stop" if finish else None)
+        ],
+        usage=usage_info,
+        g3=StepInfo(step=step, data=data or {}) if step else None,
+    )  # fmt: skip
+
+
+def content_chunks(
+    prediction: GeoPrediction, request: ChatCompletionRequest, request_id: str, model: str
+) -> list[ChatCompletionChunk]:
+    return [chunk(request_id, model, index=i, content=choice_content(prediction, request, i))
+            for i in ranks(prediction, request)]  # fmt: skip
+
+
+def final_chunks(
+    prediction: GeoPrediction, request: ChatCompletionRequest, request_id: str, model: str
+) -> list[ChatCompletionChunk]:
+    out = [chunk(request_id, model, index=i, finish=True) for i in ranks(prediction, request)]
+    if request.stream_options is not None and request.stream_options.include_usage:
+        out.append(chunk(request_id, model, usage_info=usage(prediction)))
+    return out
+
+
+def step_data(node: str, update: dict[str, Any]) -> dict[str, Any]:
+    """A small JSON summary of what a pipeline step produced, for stream chunks (and the web page)."""
+
+    def points(found: Any, limit: int = 20) -> list[list[Any]]:
+        if found is None:
+            return []
+        places = list(found.places) or [""] * len(found.scores)
+        rows = zip(found.coordinates[:limit], found.scores[:limit], places[:limit], strict=False)
+        return [[float(lat), float(lon), float(s), place] for (lat, lon), s, place in rows]
+
+    timings = update.get("timings", {})
+    data: dict[str, Any] = {"seconds": round(sum(timings.values()), 4)} if timings else {}
+    if node == "retrieve":
+        data |= {"similar": points(update.get("similar")), "dissimilar": points(update.get("dissimilar"))}
+    elif node == "render":
+        data |= {"prompts": [r.tag for r in update.get("requests", [])]}
+    elif node == "generate":
+        data |= {"responses": [{"prompt": r.tag, "answers": list(r.texts), "error": r.error}
+                               for r in update.get("responses", [])]}  # fmt: skip
+    elif node in ("parse", "candidates", "gallery"):
+        data |= {"candidates": [[c.lat, c.lon, c.source, c.sample] for c in update.get("candidates", [])]}
+        if "parse" in update:
+            data["parse"] = update["parse"].to_dict()
+        if update.get("warnings"):
+            data["warnings"] = list(update["warnings"])
+    elif node in ("verify", "pick_random"):
+        data |= {"ranked": [[s.candidate.lat, s.candidate.lon, s.candidate.source, s.score, s.components]
+                            for s in update.get("ranked", [])[:50]]}  # fmt: skip
+    elif node == "describe":
+        data |= {"address": update.get("address")}
+    return data
