@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP server: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``.
+"""The OpenAI-compatible HTTP server: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``;
+and a web page at ``GET /`` (routes in `g3.serve.web`).
 
 Routes are thin; request checks live in `g3.serve.requests`, image fetching in `g3.serve.fetch`, the
 bounded queue in `g3.serve.admission`, response building in `g3.serve.responses`. Every non-2xx answer
@@ -32,6 +33,7 @@ from g3.serve.errors import APIError, error_body, error_response
 from g3.serve.fetch import FetchError, FetchPolicy, fetch_image
 from g3.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, Health, ModelCard, ModelList
 from g3.serve.responses import chunk, completion, content_chunks, final_chunks, new_id, step_data
+from g3.serve.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class ServeSettings(BaseModel):
     allowed_url_hosts: tuple[str, ...] = ()
     file_root: Path | None = None
     allow_private_networks: bool = False
+    image_root: Path | None = Field(default=None, description="folder of the index's images (web thumbnails)")
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(
@@ -213,6 +216,7 @@ def create_app(g3: G3, settings: ServeSettings | None = None) -> FastAPI:
         return completion(prediction, body, request_id, model=settings.model_id)
 
     app.include_router(v1)
+    mount_web(app, image_root=settings.image_root, max_image_bytes=settings.max_image_bytes, auth=check_key)
     return app
 
 

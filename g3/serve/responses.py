@@ -119,11 +119,13 @@ def step_data(node: str, update: dict[str, Any]) -> dict[str, Any]:
     """A small JSON summary of what a pipeline step produced, for stream chunks (and the web page)."""
 
     def points(found: Any, limit: int = 20) -> list[list[Any]]:
+        """``[lat, lon, score, place, img_id]`` of the first ``limit`` neighbours."""
         if found is None:
             return []
         places = list(found.places) or [""] * len(found.scores)
-        rows = zip(found.coordinates[:limit], found.scores[:limit], places[:limit], strict=False)
-        return [[float(lat), float(lon), float(s), place] for (lat, lon), s, place in rows]
+        ids = list(getattr(found, "ids", None) or []) or [None] * len(found.scores)
+        rows = zip(found.coordinates[:limit], found.scores[:limit], places[:limit], ids[:limit], strict=False)
+        return [[float(lat), float(lon), float(s), place, img_id] for (lat, lon), s, place, img_id in rows]
 
     timings = update.get("timings", {})
     data: dict[str, Any] = {"seconds": round(sum(timings.values()), 4)} if timings else {}

@@ -1,0 +1,195 @@
+"""The web page of ``g3 serve``: ``GET /``, its static files, and thumbnails of the index's images.
+
+* ``GET /`` and ``GET /static/{name}`` serve the page shipped in ``g3/serve/static/`` (plain HTML, CSS and
+  JavaScript; no CDN, no build step) and the world map ``g3/assets/countries-110m.json`` as
+  ``/static/countries-110m.json``. They need no API key (they hold no secrets; the page asks for the key
+  and sends it to the API), and carry a strict content-security policy: scripts, styles and connections
+  from this server only, no inline script.
+* ``GET /v1/g3/images/{path}`` serves an image of the index from ``ServeSettings.image_root`` (``g3 serve
+  --image-root``), by IMG_ID (``a/b.jpg`` is looked up as ``a_b.jpg``, then as ``a/b.jpg``, the way
+  `g3.data.images.FolderImageStore` names images). Like every ``/v1`` route it needs the API key when
+  keys are set. Refused: ``..`` segments, absolute paths, backslashes, ``%`` (a second encoding), control
+  characters (400); anything that resolves outside the root, e.g. through a symlink (403); files that are
+  not images by name or by content (415); missing files (404); files over ``max_image_bytes`` (413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from g3.data.images import image_file_name
+from g3.serve.errors import APIError
+
+#: Where the page's files live (flat: package-data ``static/*``).
+STATIC_DIR = Path(__file__).with_name("static")
+
+#: Content-Security-Policy of the page and its files: everything from this server, no inline script.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    "Cache-Control": "no-cache",
+}
+IMAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, max-age=3600",
+}
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+}
+#: File names the image route accepts, and the magic bytes that decide the content type.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
+MAX_IMAGE_PATH = 1024
+
+
+@dataclass(frozen=True)
+class _File:
+    body: bytes
+    media_type: str
+    etag: str
+
+
+def _load(path: Path) -> _File:
+    body = path.read_bytes()
+    media_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return _File(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
+def static_files() -> dict[str, _File]:
+    """The page's files by name (``index.html``, ``app.js``, …) plus the world map ``countries-110m.json``."""
+    files = {p.name: _load(p) for p in sorted(STATIC_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    world = Path(str(resources.files("g3.assets").joinpath("countries-110m.json")))
+    files["countries-110m.json"] = _load(world)
+    return files
+
+
+def mount_web(app: FastAPI, *, image_root: Path | None, max_image_bytes: int, auth: Callable[[Request], None]) -> None:
+    """Add the page (``/``, ``/static/…``, no auth) and ``/v1/g3/images/{path}`` (with ``auth``) to ``app``."""
+    files = static_files()
+
+    def send(file: _File, request: Request) -> Response:
+        headers = {**PAGE_HEADERS, "ETag": file.etag}
+        if request.headers.get("if-none-match") == file.etag:
+            return Response(status_code=304, headers=headers)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(file.body))
+            return Response(b"", media_type=file.media_type, headers=headers)
+        return Response(file.body, media_type=file.media_type, headers=headers)
+
+    page = APIRouter(include_in_schema=False)
+
+    @page.api_route("/", methods=["GET", "HEAD"])
+    async def index(request: Request) -> Response:
+        return send(files["index.html"], request)
+
+    @page.api_route("/static/{name}", methods=["GET", "HEAD"])
+    async def static(name: str, request: Request) -> Response:
+        file = files.get(name)
+        if file is None:
+            raise APIError(404, f"no static file {name[:100]!r}", code="not_found")
+        return send(file, request)
+
+    images = APIRouter(prefix="/v1/g3", dependencies=[Depends(auth)])
+
+    @images.get(
+        "/images/{path:path}",
+        summary="An image of the index (thumbnails of retrieved neighbours)",
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the image file"}},
+    )
+    async def image(path: str) -> Response:
+        if image_root is None:
+            raise APIError(404, "this server has no image folder (start it with `g3 serve --image-root FOLDER`)",
+                           code="no_image_root")  # fmt: skip
+        body, media_type = await asyncio.to_thread(read_image, image_root, path, max_bytes=max_image_bytes)
+        return Response(body, media_type=media_type, headers=IMAGE_HEADERS)
+
+    app.include_router(page)
+    app.include_router(images)
+
+
+def check_image_path(name: str) -> PurePosixPath:
+    """``name`` as a relative path, or `APIError` 400/415 when it could leave the folder or is no image name."""
+    if not name or len(name) > MAX_IMAGE_PATH:
+        raise APIError(400, f"an image path has 1 to {MAX_IMAGE_PATH} characters", code="bad_image_path")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or "\\" in name or "%" in name:
+        raise APIError(400, "the image path has a control character, a backslash or '%'", code="bad_image_path")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or PureWindowsPath(name).drive or ".." in rel.parts:
+        raise APIError(400, "the image path must be relative to the image folder, without '..'",
+                       code="path_traversal")  # fmt: skip
+    if rel.suffix.lower() not in IMAGE_SUFFIXES:
+        raise APIError(415, f"only images are served ({', '.join(sorted(IMAGE_SUFFIXES))})", code="not_an_image")
+    return rel
+
+
+def find_image(root: Path, name: str) -> Path:
+    """The real path of image ``name`` under ``root`` (flattened name first, then the relative path)."""
+    rel = check_image_path(name)
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError as exc:
+        raise APIError(404, "the server's image folder does not exist", code="no_image_root") from exc
+    for candidate in dict.fromkeys([real_root / image_file_name(name), real_root / rel]):
+        try:
+            real = candidate.resolve(strict=True)
+            mode = real.stat().st_mode
+        except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+            continue
+        if not real.is_relative_to(real_root):
+            raise APIError(403, "the image path leads outside the image folder", code="outside_image_root")
+        if stat.S_ISREG(mode):
+            return real
+    raise APIError(404, f"no image {name[:200]!r} in the image folder", code="image_not_found")
+
+
+def image_type(head: bytes) -> str | None:
+    """The image media type of a file from its first bytes, or None when it is no image g3 serves."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:2] == b"BM":
+        return "image/bmp"
+    return None
+
+
+def read_image(root: Path, name: str, *, max_bytes: int) -> tuple[bytes, str]:
+    """The bytes and media type of image ``name`` under ``root``; `APIError` for anything refused."""
+    path = find_image(root, name)
+    with path.open("rb") as fh:
+        body = fh.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise APIError(413, f"the image is over {max_bytes:,} bytes", code="image_too_large")
+    media_type = image_type(body[:16])
+    if media_type is None:
+        raise APIError(415, "the file is not an image", code="not_an_image")
+    return body, media_type
