@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from g3.errors import G3Error
 from g3.lmm.prompts import EnsembleConfig
@@ -35,7 +35,11 @@ class LMMConfig(BaseModel):
 
     backend: Literal["none", "vllm", "openai", "transformers"] = "vllm"
     model: str = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, local folder, or served name")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1")
+    base_url: str | tuple[str, ...] | None = Field(
+        default=None,
+        description="OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1, or a list of them: a pool of servers "
+        "used round-robin with health checks and failover",
+    )
     api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the API key")
     timeout_s: float = Field(default=120.0, gt=0, description="limit for all prompts of one image")
     max_concurrency: int = Field(default=8, ge=1)
@@ -43,12 +47,44 @@ class LMMConfig(BaseModel):
     device: str = Field(default="auto", description="transformers backend: auto | cpu | cuda")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM(**engine_args)")
     batch_window_ms: float = Field(default=5.0, ge=0, description="micro-batching window across concurrent prompts")
+    health_interval_s: float = Field(default=10.0, gt=0, description="several base_urls: health-check period")
+    backoff_max_s: float = Field(
+        default=30.0, gt=0, description="several base_urls: longest wait before re-checking a server out of rotation"
+    )
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value.strip() if isinstance(value, str) else value
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"lmm.base_url must be a URL or a list of URLs, not a {type(value).__name__}")
+        if not value:
+            raise ValueError("lmm.base_url is an empty list: give one URL or several (e.g. http://127.0.0.1:8000/v1)")
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"lmm.base_url entries must be URL strings, got {bad[0]!r}")
+        urls = tuple(v.strip() for v in value)
+        twice = sorted({u.rstrip("/") for u in urls if [w.rstrip("/") for w in urls].count(u.rstrip("/")) > 1})
+        if twice:
+            raise ValueError(f"lmm.base_url lists {', '.join(twice)} more than once")
+        return urls
 
     @model_validator(mode="after")
     def _needs_url(self) -> LMMConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("lmm.backend 'openai' needs lmm.base_url (e.g. http://127.0.0.1:8000/v1)")
+        for url in self.base_urls if self.backend == "openai" else ():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"lmm.base_url {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
         return self
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """``base_url`` as a tuple: empty, one URL, or the servers of a pool."""
+        if self.base_url is None:
+            return ()
+        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
 
 class PipelineConfig(BaseModel):

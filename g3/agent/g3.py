@@ -36,11 +36,18 @@ def make_backend(config: LMMConfig, cache_dir: Path | None = None) -> LMMBackend
         return None
     model = tiny.resolve(config.model, cache_dir)
     inner: LMMBackend
-    if config.backend == "openai":
+    urls = config.base_urls
+    if config.backend == "openai" and len(urls) > 1:
+        from g3.lmm.pool import OpenAIPoolBackend
+
+        inner = OpenAIPoolBackend(urls, model, api_key=os.environ.get(config.api_key_env),
+                                  max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
+                                  max_retries=config.max_retries, health_interval_s=config.health_interval_s,
+                                  backoff_max_s=config.backoff_max_s)  # fmt: skip
+    elif config.backend == "openai":
         from g3.lmm.openai_backend import OpenAIBackend
 
-        assert config.base_url is not None  # validated by LMMConfig
-        inner = OpenAIBackend(config.base_url, model, api_key=os.environ.get(config.api_key_env),
+        inner = OpenAIBackend(urls[0], model, api_key=os.environ.get(config.api_key_env),
                               max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                               max_retries=config.max_retries)  # fmt: skip
     elif config.backend == "vllm":
@@ -54,8 +61,8 @@ def make_backend(config: LMMConfig, cache_dir: Path | None = None) -> LMMBackend
 
         device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
         inner = TransformersBackend(model, device=device)
-    # in-process engines run one call at a time (batched inside); an HTTP server takes calls concurrently
-    concurrent = config.max_concurrency if config.backend == "openai" else 1
+    # in-process engines run one call at a time (batched inside); HTTP servers take calls concurrently
+    concurrent = config.max_concurrency * max(len(urls), 1) if config.backend == "openai" else 1
     return BatchingBackend(inner, max_wait_ms=config.batch_window_ms, max_concurrent_calls=concurrent)
 
 

@@ -51,19 +51,19 @@ class OpenAIBackend(LMMBackend):
         self.image_detail = image_detail
         self._schema_supported = structured_output != "none"
 
-    def _new_client(self) -> Any:
+    def new_client(self, *, max_retries: int | None = None) -> Any:
+        """An ``openai.AsyncOpenAI`` client for ``base_url`` (``max_retries``: override the backend's)."""
         try:
             from openai import AsyncOpenAI
         except ImportError as exc:
             raise MissingDependencyError("the OpenAI-compatible backend needs `pip install openai`") from exc
-        return AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries
-        )
+        retries = self.max_retries if max_retries is None else max_retries
+        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=retries)
 
     async def agenerate(self, requests: Sequence[LMMRequest]) -> list[LMMResponse]:
         # One client per call: its connection pool belongs to the running event loop.
         semaphore = asyncio.Semaphore(self.max_concurrency)
-        async with self._new_client() as client:
+        async with self.new_client() as client:
 
             async def bounded(request: LMMRequest) -> LMMResponse:
                 async with semaphore:
@@ -101,18 +101,26 @@ class OpenAIBackend(LMMBackend):
 
         start = time.perf_counter()
         try:
-            try:
-                completion = await client.chat.completions.create(
-                    **self._payload(request, with_schema=self._schema_supported)
-                )
-            except openai.BadRequestError as exc:
-                if not (self._schema_supported and self.structured_output == "auto" and _about_schema(exc)):
-                    raise
-                log.warning("%s rejects response_format json_schema (%s); continuing without it", self.base_url, exc)
-                self._schema_supported = False
-                completion = await client.chat.completions.create(**self._payload(request, with_schema=False))
+            return await self.complete(client, request)
         except openai.OpenAIError as exc:
-            return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start, error=_describe(exc))
+            return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start, error=describe_error(exc))
+
+    async def complete(self, client: Any, request: LMMRequest) -> LMMResponse:
+        """One chat completion for ``request`` through ``client`` (from `new_client`); raises the client's
+        ``openai.OpenAIError`` when it fails (the server pool uses the error's type to fail over)."""
+        import openai
+
+        start = time.perf_counter()
+        try:
+            completion = await client.chat.completions.create(
+                **self._payload(request, with_schema=self._schema_supported)
+            )
+        except openai.BadRequestError as exc:
+            if not (self._schema_supported and self.structured_output == "auto" and _about_schema(exc)):
+                raise
+            log.warning("%s rejects response_format json_schema (%s); continuing without it", self.base_url, exc)
+            self._schema_supported = False
+            completion = await client.chat.completions.create(**self._payload(request, with_schema=False))
         texts = tuple(choice.message.content or "" for choice in completion.choices)
         usage = completion.usage
         return LMMResponse(
@@ -128,6 +136,7 @@ def _about_schema(exc: Exception) -> bool:
     return any(word in text for word in ("response_format", "json_schema", "structured", "guided"))
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a client error: type, HTTP status, message (≤ 300 characters)."""
     status = getattr(exc, "status_code", None)
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {str(exc)[:300]}"
