@@ -228,6 +228,25 @@ def _device(name: str) -> str:
     return name
 
 
+# Ray options shared by `index build` and `eval run` (see docs/scaling.md)
+RayFlag = Annotated[bool, typer.Option("--ray", help="Run on Ray workers: a local Ray unless --ray-address.")]
+RayAddress = Annotated[
+    str | None, typer.Option(help="Ray cluster to join: auto | HOST:6379 | ray://HOST:10001 (implies --ray).")
+]
+RayWorkers = Annotated[int | None, typer.Option(help="Ray workers (actors); default: as many as fit.")]
+RayCpus = Annotated[float, typer.Option(help="CPUs reserved per Ray worker.")]
+RayGpus = Annotated[float, typer.Option(help="GPUs per Ray worker (> 0 runs the models on CUDA).")]
+
+
+def _ray_options(ray: bool, address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
+    """`RayOptions` when --ray or --ray-address is given, else None (a single-process run)."""
+    if not ray and address is None:
+        return None
+    from g3.index.distributed import RayOptions
+
+    return RayOptions(address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+
+
 @index_app.command("build")
 def index_build(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus CSV (IMG_ID, LAT, LON, optional address).")],
@@ -241,15 +260,22 @@ def index_build(
     train_size: Annotated[int | None, typer.Option(help="Training sample for IVF/PQ kinds.")] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (--ray: see --ray-gpus-per-worker)")] = "auto",
     require_country: Annotated[bool, typer.Option(help="Drop corpus rows without a country.")] = False,
     min_image_bytes: Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")] = 5120,
     fill_location_text: Annotated[bool, typer.Option(help="Fill missing city/state/country offline.")] = True,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished build of --out.")] = False,
     keep_shards: Annotated[bool, typer.Option(help="Keep the encoded shards after assembling.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
+    ray_cpus_per_worker: RayCpus = 1.0,
+    ray_gpus_per_worker: RayGpus = 0.0,
 ) -> None:
-    """Encode a corpus with an aligner and write a FAISS geo index (resumable: run again after an interruption)."""
+    """Encode a corpus with an aligner and write a FAISS geo index (resumable: run again after an interruption).
+
+    With --ray the shards are encoded by Ray workers (same shards, same index; resumable either way)."""
     from g3.index import IndexBuildConfig, build_index
     from g3.models import GeoAligner
 
@@ -264,7 +290,7 @@ def index_build(
         keep_shards=keep_shards,
         fill_location_text=fill_location_text,
     )
-    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    options = _ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
     data = _load_corpus(
         {
             "csv": str(corpus),
@@ -274,7 +300,13 @@ def index_build(
             "verify_images": False,
         }
     )
-    index = build_index(aligner, data, out, config, restart=restart, progress=progress)
+    if options is not None:
+        from g3.index.distributed import build_index_ray
+
+        index = build_index_ray(checkpoint, data, out, config, options=options, restart=restart, progress=progress)
+    else:
+        aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+        index = build_index(aligner, data, out, config, restart=restart, progress=progress)
     typer.echo(f"wrote {out}: {len(index)} rows, kind {index.kind}")
 
 
@@ -427,6 +459,14 @@ def serve(
         list[str] | None, typer.Option(help="Host whose http(s) image URLs may be fetched (repeat; *.suffix ok).")
     ] = None,
     file_root: Annotated[Path | None, typer.Option(help="Folder from which file:// image URLs may be read.")] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="Folder of the index's images: the web page at / shows them as thumbnails of the evidence.",
+        ),
+    ] = None,
     max_concurrent: Annotated[int, typer.Option(help="Photos located at once.")] = 4,
     max_waiting: Annotated[int, typer.Option(help="Requests queued before answering 429.")] = 32,
     timeout: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 past it).")] = 300.0,
@@ -436,6 +476,7 @@ def serve(
     """Serve G3 behind an OpenAI-compatible API (POST /v1/chat/completions with an image_url part).
 
     API keys: set G3_API_KEYS to a comma-separated list to require `Authorization: Bearer <key>` on /v1.
+    A web page to try it in a browser is served at / (see docs/web.md).
     """
     import os
 
@@ -450,6 +491,7 @@ def serve(
         api_keys=keys,
         allowed_url_hosts=tuple(allow_url_host or ()),
         file_root=file_root,
+        image_root=image_root,
         max_concurrent=max_concurrent,
         max_waiting=max_waiting,
         request_timeout_s=timeout,
@@ -458,8 +500,9 @@ def serve(
     )
     with G3.from_config(config) as g3:
         logging.getLogger(__name__).info(
-            "serving %s on http://%s:%d/v1 (API keys %s)", model_id, host, port, "required" if keys else "off"
-        )
+            "serving %s on http://%s:%d/v1 (API keys %s); web page at http://%s:%d/", model_id, host, port,
+            "required" if keys else "off", host, port,
+        )  # fmt: skip
         grace = int(settings.shutdown_grace_s)
         uvicorn.run(create_app(g3, settings), host=host, port=port, timeout_graceful_shutdown=grace, log_level="info")
 
@@ -476,16 +519,30 @@ def eval_run(
     limit: Annotated[int | None, typer.Option(help="Only the first N images (smoke runs).")] = None,
     convention: Annotated[str, typer.Option(help="geodesic-lt (G3) | haversine-le (GeoEstimation)")] = "geodesic-lt",
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
+    ray_cpus_per_worker: RayCpus = 1.0,
+    ray_gpus_per_worker: RayGpus = 0.0,
 ) -> None:
-    """Evaluate a G3 configuration on a benchmark: predictions.jsonl, metrics.json, report.md, plots."""
+    """Evaluate a G3 configuration on a benchmark: predictions.jsonl, metrics.json, report.md, plots.
+
+    With --ray the photos are located by Ray workers, each holding a G3 (same predictions file, resumable)."""
     from g3.agent import G3
     from g3.evaluation.datasets import load_dataset
     from g3.evaluation.runner import run_evaluation
 
     data = load_dataset(dataset, images, csv=metadata) if dataset != "generic" else load_dataset(metadata, images)
-    with G3.from_config(config) as g3:
-        result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
-                                progress=progress, convention=_convention(convention))  # fmt: skip
+    options = _ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
+    if options is not None:
+        from g3.evaluation.distributed import run_evaluation_ray
+
+        result = run_evaluation_ray(config, data, out, options=options, batch_size=batch_size, concurrency=concurrency,
+                                    limit=limit, progress=progress, convention=_convention(convention))  # fmt: skip
+    else:
+        with G3.from_config(config) as g3:
+            result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
+                                    progress=progress, convention=_convention(convention))  # fmt: skip
     typer.echo(_accuracy_line(result["metrics"]))
     typer.echo(f"report: {out / 'report.md'}")
 

@@ -127,6 +127,60 @@ def _check_config(run_dir: Path, config: G3Config) -> None:
         atomic_write_text(path, yaml.safe_dump(current, sort_keys=True))
 
 
+def locate_chunk(
+    g3: G3, chunk: list[tuple[str, Path, tuple[float, float] | None]], *, concurrency: int = 4
+) -> list[dict[str, Any]]:
+    """Locate ``(img_id, image path, truth or None)`` items together; their JSONL records, in order.
+
+    An image that cannot be read or located (a `G3Error` or `OSError`) gives a record with its error; any
+    other exception is a bug, not a bad image, and is raised.
+    """
+    results = asyncio.run(g3.alocate_batch([p for _, p, _ in chunk], concurrency=concurrency, return_exceptions=True))
+    records = []
+    for (img_id, _, truth), result in zip(chunk, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, G3Error | OSError):
+            raise result  # a bug, not a bad image: stop rather than record it as a miss
+        records.append(prediction_record(img_id, truth, result))
+    return records
+
+
+class PredictionWriter:
+    """Appends records to a predictions file, flushed and fsynced per `write`, with a progress bar that shows
+    the running accuracy when truth is known. Use as a context manager."""
+
+    def __init__(self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate") -> None:
+        self.path, self.total, self.initial, self.progress, self.desc = path, total, initial, progress, desc
+        self.hits = {25.0: 0, 2500.0: 0}
+        self.located = 0
+
+    def __enter__(self) -> PredictionWriter:
+        from tqdm.auto import tqdm
+
+        _drop_partial_line(self.path)
+        self.out = self.path.open("a", encoding="utf-8")
+        self.bar = tqdm(total=self.total, initial=self.initial, unit="img", disable=not self.progress, desc=self.desc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.out.close()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.out.write(json.dumps(record) + "\n")
+            truth = (record["gt_lat"], record["gt_lon"])
+            if record["error"] is None and truth[0] is not None:
+                self.located += 1
+                d = float(distances_km(np.array([truth]), np.array([[record["pred_lat"], record["pred_lon"]]]),
+                                       "haversine-le")[0])  # fmt: skip
+                self.hits = {t: self.hits[t] + (d <= t) for t in self.hits}
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.bar.update(len(records))
+        if self.located:
+            self.bar.set_postfix({f"≤{t:g}km": f"{100 * h / self.located:.1f}%" for t, h in self.hits.items()})
+
+
 def locate_into(
     g3: G3,
     items: list[tuple[str, Path, tuple[float, float] | None]],
@@ -141,37 +195,33 @@ def locate_into(
 ) -> None:
     """Locate ``(img_id, image path, truth or None)`` items, appending one JSONL line each to ``path``
     (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known."""
-    from tqdm.auto import tqdm
-
-    _drop_partial_line(path)
     total = len(items) if total is None else total
-    hits = {25.0: 0, 2500.0: 0}
-    located = 0
-    with (
-        path.open("a", encoding="utf-8") as out,
-        tqdm(total=total, initial=total - len(items), unit="img", disable=not progress, desc=desc) as bar,
-    ):
+    with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc) as writer:
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            results = asyncio.run(g3.alocate_batch([p for _, p, _ in chunk], concurrency=concurrency,
-                                                   return_exceptions=True))  # fmt: skip
-            for (img_id, _, truth), result in zip(chunk, results, strict=True):
-                if isinstance(result, BaseException) and not isinstance(result, G3Error | OSError):
-                    raise result  # a bug, not a bad image: stop rather than record it as a miss
-                record = prediction_record(img_id, truth, result)
-                out.write(json.dumps(record) + "\n")
-                if record["error"] is None and truth is not None:
-                    located += 1
-                    d = float(distances_km(np.array([truth]), np.array([[record["pred_lat"], record["pred_lon"]]]),
-                                           "haversine-le")[0])  # fmt: skip
-                    hits = {t: hits[t] + (d <= t) for t in hits}
-            out.flush()
-            os.fsync(out.fileno())
-            bar.update(len(chunk))
-            if located:
-                bar.set_postfix({f"≤{t:g}km": f"{100 * h / located:.1f}%" for t, h in hits.items()})
+            writer.write(locate_chunk(g3, items[start : start + batch_size], concurrency=concurrency))
             if on_batch is not None:
                 on_batch(start // batch_size)
+
+
+def pending_items(
+    run: Path, dataset: EvalDataset, config: G3Config, *, limit: int | None = None
+) -> tuple[int, list[tuple[str, Path, tuple[float, float] | None]]]:
+    """Prepare the run folder (a resumed run must have the same configuration): the number of images the
+    run covers, and ``(img_id, path, truth)`` of those not in its ``predictions.jsonl`` yet, in dataset order."""
+    run.mkdir(parents=True, exist_ok=True)
+    _check_config(run, config)
+    todo_frame = dataset.present()
+    if limit is not None:
+        todo_frame = todo_frame.head(limit)
+    done = {r["img_id"] for r in read_predictions(run / PREDICTIONS)}
+    items: list[tuple[str, Path, tuple[float, float] | None]] = [
+        (str(row.IMG_ID), dataset.image_path(str(row.IMG_ID)), (float(row.LAT), float(row.LON)))  # type: ignore[arg-type]
+        for row in todo_frame.itertuples(index=False)
+        if str(row.IMG_ID) not in done
+    ]
+    log.info("%s: %d images, %d done, %d to locate, %d missing from disk", dataset.name, len(todo_frame),
+             len(done), len(items), len(dataset.missing))  # fmt: skip
+    return len(todo_frame), items
 
 
 def run_evaluation(
@@ -186,23 +236,14 @@ def run_evaluation(
     convention: Convention = DEFAULT_CONVENTION,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Locate the dataset's images (resuming), then write metrics, report and plots; returns the metrics."""
+    """Locate the dataset's images (resuming), then write metrics, report and plots; returns the metrics.
+
+    `g3.evaluation.distributed.run_evaluation_ray` does the same on Ray workers.
+    """
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    _check_config(run, g3.config)
-    todo_frame = dataset.present()
-    if limit is not None:
-        todo_frame = todo_frame.head(limit)
-    done = {r["img_id"] for r in read_predictions(run / PREDICTIONS)}
-    items: list[tuple[str, Path, tuple[float, float] | None]] = [
-        (str(row.IMG_ID), dataset.image_path(str(row.IMG_ID)), (float(row.LAT), float(row.LON)))  # type: ignore[arg-type]
-        for row in todo_frame.itertuples(index=False)
-        if str(row.IMG_ID) not in done
-    ]
-    log.info("%s: %d images, %d done, %d to locate, %d missing from disk", dataset.name, len(todo_frame),
-             len(done), len(items), len(dataset.missing))  # fmt: skip
+    total, items = pending_items(run, dataset, g3.config, limit=limit)
     locate_into(g3, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
-                desc=dataset.name, total=len(todo_frame), on_batch=on_batch)  # fmt: skip
+                desc=dataset.name, total=total, on_batch=on_batch)  # fmt: skip
     return finalize(run, dataset, g3.config, convention=convention, limit=limit)
 
 

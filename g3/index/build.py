@@ -4,6 +4,9 @@ Encoding writes one shard per ``shard_size`` corpus rows into a work folder besi
 (``.NAME.build/``); an interrupted build started again with the same aligner and corpus skips the
 shards already written. Images that cannot be read are skipped, counted and listed in
 ``build_report.json``; they never silently change the row count.
+
+The steps are public so that `g3.index.distributed` runs the same build with the encoding on Ray workers:
+`plan_build` (work folder, state check), `encode_shard` / `write_shard`, `finish_build` (assembly).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +80,14 @@ def _shard_paths(work: Path, s: int) -> tuple[Path, Path, Path]:
 
 
 @torch.inference_mode()
-def _encode_shard(
-    aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig, bar: Any
+def encode_shard(
+    aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig, bar: Any = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Encode the images of ``rows``: ``(keys (n, key_dim) float32, corpus rows kept (n,), skipped IMG_IDs)``.
+
+    The one encoding step of every build, in one process or on Ray workers; ``bar`` (a tqdm) is advanced
+    per batch when given.
+    """
     loader = DataLoader(
         CorpusImages(corpus, aligner.image_processor),
         batch_size=config.batch_size,
@@ -94,7 +103,8 @@ def _encode_shard(
             key = aligner.encode_image(batch["pixel_values"].to(aligner.device, non_blocking=True)).key
             keys.append(key.float().cpu().numpy())
             kept.extend(batch["rows"])
-        bar.update(len(batch["rows"]) + len(batch["skipped"]))
+        if bar is not None:
+            bar.update(len(batch["rows"]) + len(batch["skipped"]))
     dim = aligner.key_dim
     return (
         np.concatenate(keys) if keys else np.zeros((0, dim), np.float32),
@@ -103,7 +113,8 @@ def _encode_shard(
     )
 
 
-def _write_shard(work: Path, s: int, keys: np.ndarray, rows: np.ndarray, skipped: list[str]) -> None:
+def write_shard(work: Path, s: int, keys: np.ndarray, rows: np.ndarray, skipped: list[str]) -> None:
+    """Write shard ``s`` atomically; its ``.json`` (written last) marks it complete."""
     keys_path, rows_path, done_path = _shard_paths(work, s)
     with atomic_open(keys_path) as fh:
         np.save(fh, keys)
@@ -130,6 +141,50 @@ def _prepare_work_dir(work: Path, state: dict[str, Any], restart: bool) -> None:
         atomic_write_json(state_file, state)
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """The shards of a build (``shard_size`` corpus rows each) and its work folder ``.NAME.build/``."""
+
+    out: Path
+    work: Path
+    rows: int
+    shard_size: int
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.rows // self.shard_size)
+
+    def shard_rows(self, s: int) -> range:
+        """The corpus rows of shard ``s``."""
+        return range(s * self.shard_size, min(self.rows, (s + 1) * self.shard_size))
+
+    def missing(self) -> list[int]:
+        """Shards not written yet (in order)."""
+        return [s for s in range(self.n_shards) if not _shard_paths(self.work, s)[2].is_file()]
+
+    def done_rows(self) -> int:
+        """Corpus rows of the shards already written."""
+        missing = set(self.missing())
+        return sum(len(self.shard_rows(s)) for s in range(self.n_shards) if s not in missing)
+
+
+def plan_build(
+    corpus: GeoCorpus, out: str | Path, config: IndexBuildConfig, *, fingerprint: str, restart: bool = False
+) -> BuildPlan:
+    """Prepare (or resume) the work folder of a build of ``out``: an unfinished build made with another
+    aligner, corpus or shard size is refused (`GeoIndexError`) unless ``restart`` discards it."""
+    out = Path(out)
+    plan = BuildPlan(out=out, work=_work_dir(out), rows=len(corpus), shard_size=config.shard_size)
+    state = {
+        "aligner_fingerprint": fingerprint,
+        "corpus": _corpus_digest(corpus),
+        "rows": plan.rows,
+        "shard_size": config.shard_size,
+    }
+    _prepare_work_dir(plan.work, state, restart)
+    return plan
+
+
 def build_index(
     aligner: GeoAligner,
     corpus: GeoCorpus,
@@ -143,38 +198,40 @@ def build_index(
     """Encode every corpus image with ``aligner`` and write the index folder ``out``; return the index.
 
     Encoding runs on the aligner's device. ``on_shard(s)`` is called after shard ``s`` is written.
+    `g3.index.distributed.build_index_ray` does the same on Ray workers (same shards, same index).
     """
     from tqdm.auto import tqdm
 
     config = config or IndexBuildConfig()
-    out = Path(out)
     started = time.perf_counter()
     fingerprint = aligner.fingerprint()
-    work = _work_dir(out)
-    n = len(corpus)
-    n_shards = -(-n // config.shard_size)
-    state = {
-        "aligner_fingerprint": fingerprint,
-        "corpus": _corpus_digest(corpus),
-        "rows": n,
-        "shard_size": config.shard_size,
-    }
-    _prepare_work_dir(work, state, restart)
-
-    done = [s for s in range(n_shards) if _shard_paths(work, s)[2].is_file()]
-    done_rows = sum(min(config.shard_size, n - s * config.shard_size) for s in done)
+    plan = plan_build(corpus, out, config, fingerprint=fingerprint, restart=restart)
     aligner.eval()
-    with tqdm(total=n, initial=done_rows, unit="img", desc="encode", disable=not progress, smoothing=0.05) as bar:
-        for s in range(n_shards):
-            if s in done:
-                continue
-            rows = range(s * config.shard_size, min(n, (s + 1) * config.shard_size))
-            keys, kept, skipped = _encode_shard(aligner, corpus, rows, config, bar)
-            _write_shard(work, s, keys, kept, skipped)
+    with tqdm(total=plan.rows, initial=plan.done_rows(), unit="img", desc="encode", disable=not progress,
+              smoothing=0.05) as bar:  # fmt: skip
+        for s in plan.missing():
+            keys, kept, skipped = encode_shard(aligner, corpus, plan.shard_rows(s), config, bar)
+            write_shard(plan.work, s, keys, kept, skipped)
             if on_shard is not None:
                 on_shard(s)
+    return finish_build(plan, corpus, config, fingerprint=fingerprint, dim=aligner.key_dim,
+                        aligner_config=aligner.config.model_dump(mode="json"), started=started)  # fmt: skip
 
-    index, kept_rows, skipped_ids = _assemble(work, n_shards, aligner.key_dim, config)
+
+def finish_build(
+    plan: BuildPlan,
+    corpus: GeoCorpus,
+    config: IndexBuildConfig,
+    *,
+    fingerprint: str,
+    dim: int,
+    aligner_config: dict[str, Any],
+    started: float,
+) -> GeoIndex:
+    """Assemble every shard of ``plan`` into the index folder (FAISS index, metadata, manifest, build
+    report), remove the work folder unless ``keep_shards``; ``started`` is the build's `time.perf_counter`."""
+    out, n = plan.out, plan.rows
+    index, kept_rows, skipped_ids = _assemble(plan.work, plan.n_shards, dim, config)
     frame = corpus.frame.iloc[kept_rows].drop(columns=["caption"], errors="ignore")
     location_text = None
     if config.fill_location_text:
@@ -189,10 +246,10 @@ def build_index(
     }
     manifest = new_manifest(
         rows=len(kept_rows),
-        dim=aligner.key_dim,
+        dim=dim,
         kind=config.kind,
         fingerprint=fingerprint,
-        aligner_config=aligner.config.model_dump(mode="json"),
+        aligner_config=aligner_config,
         search_params=config.search_params,
         build_seconds=round(time.perf_counter() - started, 3),
         build={k: report[k] for k in ("corpus_rows", "indexed", "skipped")},
@@ -204,7 +261,7 @@ def build_index(
         log.warning("%d of %d images could not be read and are not in the index (listed in %s)", len(skipped_ids), n,
                     out / BUILD_REPORT)  # fmt: skip
     if not config.keep_shards:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(plan.work, ignore_errors=True)
     log.info("index %s: %d rows, kind %s, built in %.1f s", out, len(kept_rows), config.kind, manifest.build_seconds)
     return geo_index
 
