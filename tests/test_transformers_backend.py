@@ -264,3 +264,22 @@ def test_tiny_llava_is_deterministic_and_exports_for_vllm(tiny_llava_dir: Path, 
     # exporting an exported folder changes nothing
     twice = load_file(export_for_vllm(exported, tmp_path / "vllm2") / "model.safetensors")
     assert twice.keys() == weights.keys()
+
+
+def test_from_model_answers_as_the_folder_loaded_backend(tiny_llava_dir: Path, backend: TransformersBackend) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
+    adopted = TransformersBackend.from_model(model, AutoProcessor.from_pretrained(tiny_llava_dir))
+    assert adopted.loaded and adopted.device == "cpu"
+    requests = ensemble()
+    assert [r.texts for r in adopted.generate(requests)] == [r.texts for r in backend.generate(requests)]
+
+
+def test_from_model_rejects_a_processor_without_chat_template(tiny_llava_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor.chat_template = None
+    with pytest.raises(CheckpointError, match="chat template"):
+        TransformersBackend.from_model(AutoModelForImageTextToText.from_pretrained(tiny_llava_dir), processor)

@@ -151,17 +151,48 @@ class TransformersBackend(LMMBackend):
                     f"cannot load the multimodal model {self.model_path!r} with transformers "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
-            tokenizer = getattr(processor, "tokenizer", None)
-            if tokenizer is None or getattr(processor, "chat_template", None) is None:
-                raise CheckpointError(
-                    f"the processor of {self.model_path!r} has no tokenizer or no chat template; "
-                    "a vision-language chat model is needed"
-                )
-            tokenizer.padding_side = "left"  # decoder-only generation continues at the right end
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            self._processor = processor
-            self._model = model.to(self.device).eval()
+            self._adopt(model, processor)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any,
+        *,
+        device: str | None = None,
+        batch_size: int = 8,
+        max_image_side: int | None = None,
+        share_prefill: bool | None = None,
+    ) -> TransformersBackend:
+        """A backend around a model and processor already in memory (quantised, built from a config, …).
+
+        ``device`` defaults to the model's own device; the processor needs a tokenizer and a chat template.
+        """
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        backend = cls(
+            name,
+            device=device or str(model.device),
+            batch_size=batch_size,
+            max_image_side=max_image_side,
+            share_prefill=share_prefill,
+        )
+        with backend._load_lock:
+            backend._adopt(model, processor)
+        return backend
+
+    def _adopt(self, model: Any, processor: Any) -> None:
+        """Check the processor, left-pad its tokenizer and keep both, the model on ``self.device``."""
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None or getattr(processor, "chat_template", None) is None:
+            raise CheckpointError(
+                f"the processor of {self.model_path!r} has no tokenizer or no chat template; "
+                "a vision-language chat model is needed"
+            )
+        tokenizer.padding_side = "left"  # decoder-only generation continues at the right end
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._processor = processor
+        self._model = model.to(self.device).eval()
 
     def close(self) -> None:
         """Drop the model (frees its memory once nothing else refers to it)."""

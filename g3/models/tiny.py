@@ -42,8 +42,12 @@ def build_tiny_clip(
     projection_dim: int = 32,
     max_text_len: int = 32,
     seed: int = 0,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write a randomly initialised, tiny CLIP (model, tokenizer, image processor) to ``out_dir``.
+
+    Both towers share ``hidden_size``, ``layers``, ``heads`` and ``intermediate_size`` (default
+    ``2 * hidden_size``); benchmarks give them a real model's shape for its compute per image.
 
     Returns the folder, loadable with ``CLIPModel.from_pretrained`` / ``AutoTokenizer`` /
     ``AutoImageProcessor`` and by `g3.models.GeoAligner`. Deterministic for a given ``seed``.
@@ -83,7 +87,7 @@ def build_tiny_clip(
         text_config={
             "vocab_size": tok.get_vocab_size(),
             "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
+            "intermediate_size": intermediate_size or 2 * hidden_size,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "max_position_embeddings": max_text_len,
@@ -93,7 +97,7 @@ def build_tiny_clip(
         },
         vision_config={
             "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
+            "intermediate_size": intermediate_size or 2 * hidden_size,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "image_size": image_size,
