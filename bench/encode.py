@@ -105,7 +105,7 @@ def main() -> None:
 
         print(f"\n== index build: {args.images} photos ({SHARED}), batch {args.batch_size}, "
               f"{args.loader_workers} loader workers")  # fmt: skip
-        config = IndexBuildConfig(batch_size=args.batch_size, shard_size=max(args.batch_size, args.images // 4),
+        config = IndexBuildConfig(batch_size=args.batch_size, shard_size=args.images,
                                   num_workers=args.loader_workers, fill_location_text=False)  # fmt: skip
         start = time.perf_counter()
         index = build_index(aligner, corpus, root / "index", config, progress=False)

@@ -5,6 +5,7 @@
 # transformers; g3's other needs can come as wheels in .whl/ (installed into /tmp/site, no network used).
 #
 #   bash bench/gpu_check.sh                                   # on the GPU machine
+#   python bench/lmm.py --save-prompts .gpu_data/ensemble.json   # here first, if that machine lacks llama-index
 #   DEVICE=cpu SHAPE=smoke CLIP=tiny WHEELS=0 bash bench/gpu_check.sh   # the same steps in seconds on a CPU
 #
 # Photos: $G3_SHARED_DATA (default .gpu_data when present, else ../shared/data).
@@ -36,9 +37,16 @@ else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+# Where llama-index is missing, the prompts come rendered beforehand, here: python bench/lmm.py --save-prompts FILE
+PROMPTS=${PROMPTS:-$PWD/.gpu_data/ensemble.json}
+prompts=()
+if ! "$PYTHON" -c "import llama_index.core" 2>/dev/null; then
+    [[ -f $PROMPTS ]] || { echo "no llama-index and no rendered prompts at $PROMPTS" >&2; exit 1; }
+    prompts=(--prompts "$PROMPTS")
+fi
 cd bench || exit 1
 timeout "${LMM_TIMEOUT:-300}" "$PYTHON" lmm.py --no-tiny --shape "$SHAPE" --device "$DEVICE" --repeats 2 \
-    --images 4 --batch-size 8 2>&1 | tee "$OUT/lmm.txt"
+    --images 4 --batch-size 8 "${prompts[@]}" 2>&1 | tee "$OUT/lmm.txt"
 lmm=${PIPESTATUS[0]}
 timeout "${ENCODE_TIMEOUT:-150}" "$PYTHON" encode.py --model "$CLIP" --device "$DEVICE" --images 960 \
     --loader-workers "$(($(nproc) > 12 ? 12 : $(nproc)))" 2>&1 | tee "$OUT/encode.txt"

@@ -22,6 +22,7 @@ scripts/vllm_cpu_venv.sh) through the OpenAI-compatible backend: concurrent requ
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -42,8 +43,14 @@ SHARED = Path(os.environ.get("G3_SHARED_DATA", Path(__file__).resolve().parents[
 SHARED_PHOTOS = SHARED / "im2gps3k" / "images_cc_subset500"
 
 
+#: Set by ``--prompts``: the ensemble's requests rendered elsewhere (for machines without llama-index).
+RENDERED: list[dict[str, Any]] | None = None
+
+
 def ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
     """G3's ensemble for one image, rendered from g3's prompt templates with plausible neighbours."""
+    if RENDERED is not None:
+        return [LMMRequest(**{**r, "image": image, "n": n, "max_tokens": max_tokens}) for r in RENDERED]
     rng = np.random.default_rng(0)
     centres = np.array([[48.86, 2.35], [41.90, 12.50], [40.42, -3.70], [52.52, 13.40]])
     similar = centres[rng.integers(0, len(centres), 15)] + rng.normal(0, 0.5, (15, 2))
@@ -190,8 +197,17 @@ def main() -> None:
     parser.add_argument(
         "--vllm", action="store_true", help="also measure a vLLM server (scripts/vllm_cpu_venv.sh) on the tiny LLaVA"
     )
+    parser.add_argument("--save-prompts", type=Path, help="write the rendered ensemble to this JSON file and stop")
+    parser.add_argument("--prompts", type=Path, help="read the ensemble from --save-prompts (no llama-index needed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.save_prompts:
+        rendered = [{k: v for k, v in vars(r).items() if k != "image"} for r in ensemble(bench_image(), 1, 1)]
+        args.save_prompts.write_text(json.dumps(rendered, indent=1))
+        return
+    if args.prompts:
+        global RENDERED
+        RENDERED = json.loads(args.prompts.read_text())
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     image = bench_image()
