@@ -10,7 +10,9 @@ The CLIP weights are random with a real model's shape (``--model vit-l14``: G3's
 compute per image is the real one. Photos come from ``$G3_SHARED_DATA`` (default ``../shared/data``),
 repeated up to ``--images``. Prints figures; asserts nothing.
 
-    python bench/encode.py [--model vit-l14] [--device cuda] [--images 960] [--loader-workers 8]
+    python bench/encode.py [--model vit-l14] [--device cuda] [--images 4800] [--batch-size 64] [--loader-workers 8]
+
+Each loader process decodes whole batches: give it several batches per worker (images ≥ 4 × batch × workers).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ray_build import MODELS, SHARED, make_corpus
 
 from g3.data import GeoCorpus
 from g3.index import IndexBuildConfig, build_index
+from g3.index.build import corpus_loader
 from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
 from g3.models.tiny import build_tiny_clip
 
@@ -82,8 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="vit-l14")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, default=960, help="corpus size of the index build")
-    parser.add_argument("--batch-size", type=int, default=256, help="index build: images per encoding batch")
+    parser.add_argument("--images", type=int, default=4800, help="corpus size of the index build")
+    parser.add_argument("--batch-size", type=int, default=64, help="index build: images per encoding batch")
     parser.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256], help="encoder-alone batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
@@ -114,9 +117,17 @@ def main() -> None:
         config = IndexBuildConfig(batch_size=args.batch_size, shard_size=args.images,
                                   num_workers=args.loader_workers, fill_location_text=False)  # fmt: skip
         start = time.perf_counter()
-        index = build_index(aligner, corpus, root / "index", config, progress=False)
+        decoded = sum(len(b["rows"]) for b in corpus_loader(aligner, corpus, range(len(corpus)), config))
         took = time.perf_counter() - start
-        print(f"{len(index)} rows in {took:.1f} s: {args.images / took:,.0f} images/s end to end")
+        print(f"decoding + preprocessing alone (no encoding): {decoded / took:,.0f} images/s")
+        variants = [("float32", False)] + ([("TF32", True)] if args.device.startswith("cuda") else [])
+        for name, tf32 in variants:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            start = time.perf_counter()
+            index = build_index(aligner, corpus, root / f"index-{name}", config, progress=False)
+            took = time.perf_counter() - start
+            print(f"{name}: {len(index)} rows in {took:.1f} s: {args.images / took:,.0f} images/s end to end")
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 if __name__ == "__main__":

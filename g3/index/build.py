@@ -79,6 +79,22 @@ def _shard_paths(work: Path, s: int) -> tuple[Path, Path, Path]:
     return stem.with_suffix(".keys.npy"), stem.with_suffix(".rows.npy"), stem.with_suffix(".json")
 
 
+def corpus_loader(aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig) -> DataLoader:
+    """Batches of decoded, preprocessed corpus images (``rows``, ``pixel_values``, ``skipped``) for ``aligner``.
+
+    Each of the ``config.num_workers`` processes decodes whole batches, so a shard needs several batches per
+    worker to keep them all busy.
+    """
+    return DataLoader(
+        CorpusImages(corpus, aligner.image_processor),
+        batch_size=config.batch_size,
+        sampler=list(rows),
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+        pin_memory=aligner.device.type == "cuda",
+    )
+
+
 @torch.inference_mode()
 def encode_shard(
     aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig, bar: Any = None
@@ -88,16 +104,8 @@ def encode_shard(
     The one encoding step of every build, in one process or on Ray workers; ``bar`` (a tqdm) is advanced
     per batch when given.
     """
-    loader = DataLoader(
-        CorpusImages(corpus, aligner.image_processor),
-        batch_size=config.batch_size,
-        sampler=list(rows),
-        num_workers=config.num_workers,
-        collate_fn=_collate,
-        pin_memory=aligner.device.type == "cuda",
-    )
     keys, kept, skipped = [], [], []
-    for batch in loader:
+    for batch in corpus_loader(aligner, corpus, rows, config):
         skipped.extend(batch["skipped"])
         if batch["pixel_values"] is not None:
             key = aligner.encode_image(batch["pixel_values"].to(aligner.device, non_blocking=True)).key
