@@ -122,12 +122,11 @@ def main() -> None:
         print(f"decoding + preprocessing alone (no encoding): {decoded / took:,.0f} images/s")
         variants = [("float32", False)] + ([("TF32", True)] if args.device.startswith("cuda") else [])
         for name, tf32 in variants:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
             start = time.perf_counter()
-            index = build_index(aligner, corpus, root / f"index-{name}", config, progress=False)
+            build = config.model_copy(update={"tf32": tf32})
+            index = build_index(aligner, corpus, root / f"index-{name}", build, progress=False)
             took = time.perf_counter() - start
             print(f"{name}: {len(index)} rows in {took:.1f} s: {args.images / took:,.0f} images/s end to end")
-        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 if __name__ == "__main__":

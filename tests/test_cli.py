@@ -155,7 +155,7 @@ def test_index_build_info_search(tmp_path: Path, tiny_aligner: GeoAligner) -> No
     out = tmp_path / "indices" / "tiny"
     run("index", "build", "--corpus", str(csv), "--images", str(images), "--checkpoint", str(tmp_path / "aligner"),
         "--out", str(out), "--min-image-bytes", "0", "--batch-size", "8", "--shard-size", "10", "--workers", "0",
-        "--no-progress")  # fmt: skip
+        "--no-progress", "--tf32")  # fmt: skip
     info = json.loads(run("index", "info", str(out)).stdout)
     assert info["rows"] == 24 and info["dim"] == 96 and info["kind"] == "Flat"
     query = images / "03_0002.png"

@@ -118,3 +118,34 @@ def test_trained_kind_and_missing_location_text(tiny_aligner: GeoAligner, tmp_pa
     assert {"France", "Japan", "Australia", "Peru", "Canada", "Kenya"} <= countries  # filled offline from GeoNames
     report = json.loads((tmp_path / "ivf" / "build_report.json").read_text())
     assert report["location_text"]["rows_looked_up"] == 60
+
+
+def test_tf32_is_on_while_encoding_only_and_a_resume_keeps_the_precision(
+    corpus: GeoCorpus, tiny_aligner: GeoAligner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    encode = tiny_aligner.encode_image
+
+    def recording(pixels: torch.Tensor):  # type: ignore[no-untyped-def]
+        seen.append(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
+        return encode(pixels)
+
+    monkeypatch.setattr(tiny_aligner, "encode_image", recording)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    plain = build_index(tiny_aligner, corpus, tmp_path / "fp32", CONFIG, progress=False)
+    assert seen and not any(seen)
+    seen.clear()
+
+    def stop(s: int) -> None:
+        raise KeyboardInterrupt
+
+    tf32 = CONFIG.model_copy(update={"tf32": True})
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny_aligner, corpus, tmp_path / "tf32", tf32, progress=False, on_shard=stop)
+    assert seen and all(seen)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before  # restored on error
+    with pytest.raises(GeoIndexError, match="different tf32"):
+        build_index(tiny_aligner, corpus, tmp_path / "tf32", CONFIG, progress=False)
+    resumed = build_index(tiny_aligner, corpus, tmp_path / "tf32", tf32, progress=False)
+    np.testing.assert_array_equal(flat_vectors(resumed), flat_vectors(plain))  # a CPU has no TF32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

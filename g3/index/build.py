@@ -11,12 +11,13 @@ The steps are public so that `g3.index.distributed` runs the same build with the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class IndexBuildConfig(BaseModel):
     fill_location_text: bool = Field(
         default=True, description="rows without a country get city/state/country offline from GeoNames"
     )
+    tf32: bool = Field(
+        default=False,
+        description="CUDA: encode with TF32 matmuls (2x faster builds measured on an H200; keys differ from "
+        "float32 by about 1e-3). No effect on a CPU",
+    )
 
 
 def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -77,6 +83,18 @@ def _corpus_digest(corpus: GeoCorpus) -> str:
 def _shard_paths(work: Path, s: int) -> tuple[Path, Path, Path]:
     stem = work / f"shard-{s:05d}"
     return stem.with_suffix(".keys.npy"), stem.with_suffix(".rows.npy"), stem.with_suffix(".json")
+
+
+@contextlib.contextmanager
+def _matmul_tf32(enabled: bool) -> Iterator[None]:
+    """CUDA matmuls and convolutions in TF32 inside the block (when ``enabled``); the previous setting after."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def corpus_loader(aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig) -> DataLoader:
@@ -105,14 +123,15 @@ def encode_shard(
     per batch when given.
     """
     keys, kept, skipped = [], [], []
-    for batch in corpus_loader(aligner, corpus, rows, config):
-        skipped.extend(batch["skipped"])
-        if batch["pixel_values"] is not None:
-            key = aligner.encode_image(batch["pixel_values"].to(aligner.device, non_blocking=True)).key
-            keys.append(key.float().cpu().numpy())
-            kept.extend(batch["rows"])
-        if bar is not None:
-            bar.update(len(batch["rows"]) + len(batch["skipped"]))
+    with _matmul_tf32(config.tf32):
+        for batch in corpus_loader(aligner, corpus, rows, config):
+            skipped.extend(batch["skipped"])
+            if batch["pixel_values"] is not None:
+                key = aligner.encode_image(batch["pixel_values"].to(aligner.device, non_blocking=True)).key
+                keys.append(key.float().cpu().numpy())
+                kept.extend(batch["rows"])
+            if bar is not None:
+                bar.update(len(batch["rows"]) + len(batch["skipped"]))
     dim = aligner.key_dim
     return (
         np.concatenate(keys) if keys else np.zeros((0, dim), np.float32),
@@ -138,7 +157,7 @@ def _prepare_work_dir(work: Path, state: dict[str, Any], restart: bool) -> None:
     if state_file.is_file():
         saved = json.loads(state_file.read_text(encoding="utf-8"))
         if saved != state:
-            differs = sorted(k for k in state if saved.get(k) != state[k])
+            differs = sorted(k for k in state.keys() | saved.keys() if saved.get(k) != state.get(k))
             raise GeoIndexError(
                 f"{work} holds an unfinished build with a different {', '.join(differs)}; "
                 "pass restart=True (`--restart`) to discard it"
@@ -189,6 +208,8 @@ def plan_build(
         "rows": plan.rows,
         "shard_size": config.shard_size,
     }
+    if config.tf32:  # only when set, so that builds left unfinished before this knob still resume
+        state["tf32"] = True
     _prepare_work_dir(plan.work, state, restart)
     return plan
 
