@@ -41,3 +41,7 @@ class InvalidImageError(G3Error, ValueError):
 
 class ImageTooLargeError(InvalidImageError):
     """An input image over the configured pixel limit (a guard against decompression bombs)."""
+
+
+class RayWorkerError(G3Error):
+    """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""

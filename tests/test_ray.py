@@ -18,9 +18,9 @@ from conftest import SHARED_DATA
 from g3.agent import G3, G3Config
 from g3.agent.tiny import ensure_tiny_assets
 from g3.data import GeoCorpus
-from g3.errors import MissingDependencyError
+from g3.errors import MissingDependencyError, RayWorkerError
 from g3.index import GeoIndex, IndexBuildConfig, build_index
-from g3.index.distributed import RayOptions, RayWorkerError, build_index_ray, import_ray
+from g3.index.distributed import RayOptions, build_index_ray, import_ray
 from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -71,7 +71,7 @@ def run_evaluation_ray(
     `G3Config`, YAML path or mapping). Same predictions file (dataset order), same resume, same metrics;
     ``on_batch(b)`` is called after batch ``b`` is written (in order). This process loads no model.
 
-    Raises `g3.index.distributed.RayWorkerError` when a worker fails (the batches written so far are kept:
+    Raises `g3.errors.RayWorkerError` when a worker fails (the batches written so far are kept:
     run again to resume) and `MissingDependencyError` without Ray.
     """
     options = options or RayOptions()

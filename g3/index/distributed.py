@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from g3.data import GeoCorpus
-from g3.errors import G3Error, MissingDependencyError
+from g3.errors import MissingDependencyError, RayWorkerError
 from g3.index.build import IndexBuildConfig, encode_shard, finish_build, plan_build, write_shard
 from g3.index.geo_index import GeoIndex
 
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 RAY_INSTALL = "pip install 'g3[ray]'"
 #: calls queued per actor: the next one is ready when the current one returns (no idle gap)
 IN_FLIGHT_PER_WORKER = 2
-
-
-class RayWorkerError(G3Error):
-    """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""
 
 
 class RayOptions(BaseModel):
