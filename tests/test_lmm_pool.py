@@ -202,6 +202,21 @@ def test_refused_connections_fail_over_and_the_restarted_server_returns(servers:
         assert pool.stats()[2].successes >= 3
 
 
+def test_a_hung_server_fails_over_within_the_attempt_timeout(servers: list[FakeServer]) -> None:
+    a = servers[0]
+    a.delay_s = 5.0  # accepts the request, then says nothing for longer than the attempt may take
+    with started(pool_of(servers, timeout_s=60, attempt_timeout_s=0.5)) as pool:
+        start = time.perf_counter()
+        out = pool.generate(requests(3))
+        took = time.perf_counter() - start
+        assert all(r.ok for r in out) and 0.5 <= took < 3
+        assert {json.loads(r.texts[0])["server"] for r in out} == {"b", "c"}
+        stats = pool.stats()
+        assert stats[0].failures == 1 and "Timeout" in (stats[0].last_error or "")
+    with pytest.raises(ValueError, match="attempt_timeout_s must be > 0"):
+        pool_of(servers, attempt_timeout_s=0)
+
+
 def test_every_server_down_gives_error_responses_not_exceptions(servers: list[FakeServer]) -> None:
     for fake in servers:
         fake.stop()
@@ -290,6 +305,9 @@ def test_config_takes_a_list_of_urls_and_builds_a_pool(servers: list[FakeServer]
     assert isinstance(single, BatchingBackend) and isinstance(single.inner, OpenAIBackend)  # unchanged
     one_item = make_backend(LMMConfig(backend="openai", base_url=[urls[0]]))
     assert isinstance(one_item, BatchingBackend) and isinstance(one_item.inner, OpenAIBackend)
+    bounded = make_backend(LMMConfig(backend="openai", base_url=urls, timeout_s=60, attempt_timeout_s=20))
+    assert isinstance(bounded, BatchingBackend) and isinstance(bounded.inner, OpenAIPoolBackend)
+    assert [s.backend.timeout_s for s in bounded.inner._servers] == [20, 20, 20]
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,12 @@ class LMMConfig(BaseModel):
     backoff_max_s: float = Field(
         default=30.0, gt=0, description="several base_urls: longest wait before re-checking a server out of rotation"
     )
+    attempt_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="several base_urls: limit of one try on one server, so that a hung server fails over "
+        "within timeout_s (default: timeout_s)",
+    )
 
     @field_validator("base_url", mode="before")
     @classmethod

@@ -42,7 +42,8 @@ def make_backend(config: LMMConfig, cache_dir: Path | None = None) -> LMMBackend
 
         inner = OpenAIPoolBackend(urls, model, api_key=os.environ.get(config.api_key_env),
                                   max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                                  max_retries=config.max_retries, health_interval_s=config.health_interval_s,
+                                  attempt_timeout_s=config.attempt_timeout_s, max_retries=config.max_retries,
+                                  health_interval_s=config.health_interval_s,
                                   backoff_max_s=config.backoff_max_s)  # fmt: skip
     elif config.backend == "openai":
         from g3.lmm.openai_backend import OpenAIBackend

@@ -117,7 +117,10 @@ class OpenAIPoolBackend(LMMBackend):
     retries are off: the pool retries). A request gets up to ``max_retries + len(base_urls)`` attempts:
     each goes to a healthy server it has not tried yet; a server is asked again only when every healthy
     one was tried (after a short backoff). With no healthy server left, the request fails at once with an
-    error response — the pool never waits for a server to come back.
+    error response — the pool never waits for a server to come back. ``attempt_timeout_s`` (default
+    ``timeout_s``) limits one attempt, so that a server that hangs is left for the next one while the
+    photo's ``timeout_s`` still runs; a timed-out attempt takes its server out of rotation like a refused
+    connection.
     """
 
     name = "openai-pool"
@@ -130,6 +133,7 @@ class OpenAIPoolBackend(LMMBackend):
         api_key: str | None = None,
         max_concurrency: int = 8,
         timeout_s: float = 120.0,
+        attempt_timeout_s: float | None = None,
         max_retries: int = 3,
         structured_output: Literal["auto", "json_schema", "none"] = "auto",
         image_detail: Literal["low", "high", "auto"] | None = None,
@@ -147,6 +151,8 @@ class OpenAIPoolBackend(LMMBackend):
         if max_retries < 0:
             raise ValueError(f"max_retries must be ≥ 0, got {max_retries}")
         for label, value in (
+            ("timeout_s", timeout_s),
+            ("attempt_timeout_s", timeout_s if attempt_timeout_s is None else attempt_timeout_s),
             ("health_interval_s", health_interval_s),
             ("health_timeout_s", health_timeout_s),
             ("backoff_initial_s", backoff_initial_s),
@@ -168,7 +174,7 @@ class OpenAIPoolBackend(LMMBackend):
                     model,
                     api_key=api_key,
                     max_concurrency=max_concurrency,
-                    timeout_s=timeout_s,
+                    timeout_s=min(timeout_s, attempt_timeout_s or timeout_s),
                     max_retries=0,
                     structured_output=structured_output,
                     image_detail=image_detail,
