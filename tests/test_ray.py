@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from g3.agent.tiny import ensure_tiny_assets
 from g3.data import GeoCorpus
 from g3.errors import MissingDependencyError, RayWorkerError
 from g3.index import GeoIndex, IndexBuildConfig, build_index
-from g3.index.distributed import RayOptions, build_index_ray, import_ray
+from g3.index.distributed import RayOptions, build_index_ray, check_reachable, import_ray, ray_session
 from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,6 +39,25 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'g3\[ray\]'"):
         import_ray()
+
+
+def test_an_unreachable_cluster_fails_fast_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whatever ran before
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens there once the socket is closed
+    for address in (f"127.0.0.1:{closed}", f"ray://127.0.0.1:{closed}"):
+        start = time.monotonic()
+        refused = pytest.raises(RayWorkerError, match=rf"cannot reach the Ray cluster at {address}: .*refused")
+        with refused, ray_session(RayOptions(address=address)):
+            pass
+        assert time.monotonic() - start < 5  # ray.init alone retries for minutes
+    with socket.socket() as listening:  # a reachable address passes the check and goes on to Ray
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"127.0.0.1:{listening.getsockname()[1]}", 1.0)
+    check_reachable("auto", 1.0)  # not HOST:PORT: left to Ray
 
 
 @pytest.fixture(scope="module")

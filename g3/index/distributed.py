@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -56,6 +57,11 @@ class RayOptions(BaseModel):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (default: all)")
     runtime_env: dict[str, Any] | None = Field(default=None, description="Ray runtime_env for the workers")
     log_to_driver: bool = Field(default=True, description="show the workers' warnings (unreadable images…) here")
+    connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a HOST:PORT address must accept a connection within this (Ray retries for minutes)",
+    )
 
 
 def import_ray() -> ModuleType:
@@ -65,6 +71,26 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise MissingDependencyError(f"distributed runs need Ray: {RAY_INSTALL} (or 'ray[data]>=2.40')") from exc
     return ray
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Raise `RayWorkerError` unless a ``HOST:PORT`` (or ``ray://HOST:PORT``) address accepts a TCP connection.
+
+    ``ray.init`` retries an unreachable address for minutes, logging; this fails in ``timeout_s`` with the
+    reason. Other addresses (``auto``, ``local``) are left to Ray.
+    """
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise RayWorkerError(
+            f"cannot reach the Ray cluster at {address}: {exc or type(exc).__name__} (is `ray start --head` "
+            "running there, and is the port open from this machine?)"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -84,6 +110,8 @@ def ray_session(options: RayOptions) -> Iterator[ModuleType]:
     if options.address is None:
         kwargs |= {"num_cpus": options.num_cpus, "include_dashboard": False}
     where = "a local Ray" if options.address is None else f"the Ray cluster at {options.address}"
+    if options.address is not None:
+        check_reachable(options.address, options.connect_timeout_s)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
