@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,27 +27,25 @@ from pathlib import Path
 
 import torch
 from ray_build import MODELS, SHARED, make_corpus
+from timing import median_seconds
 
 from g3.data import GeoCorpus
 from g3.index import IndexBuildConfig, build_index
-from g3.index.build import corpus_loader
+from g3.index.build import corpus_loader, matmul_tf32
 from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
 from g3.models.tiny import build_tiny_clip
 
 
 def seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median wall time of ``fn`` after one warm-up call, waiting for the device each time."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    """Median wall time of ``fn`` after one warm-up call, each call waiting for the device to finish."""
+
+    def synced() -> None:
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    synced()
+    return median_seconds(synced, repeats)
 
 
 def encoder_alone(aligner: GeoAligner, device: str, batches: list[int], repeats: int) -> None:
@@ -60,9 +57,8 @@ def encoder_alone(aligner: GeoAligner, device: str, batches: list[int], repeats:
         with torch.inference_mode():
             fp32 = seconds(lambda p=pixels: aligner.encode_image(p), device, repeats)
             if autocast:
-                torch.backends.cuda.matmul.allow_tf32 = True
-                tf32 = seconds(lambda p=pixels: aligner.encode_image(p), device, repeats)
-                torch.backends.cuda.matmul.allow_tf32 = False
+                with matmul_tf32(True):
+                    tf32 = seconds(lambda p=pixels: aligner.encode_image(p), device, repeats)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     bf16 = seconds(lambda p=pixels: aligner.encode_image(p), device, repeats)
         if autocast:

@@ -39,7 +39,7 @@ from timing import median_seconds
 from g3.lmm.base import LMMBackend, LMMRequest, encode_image
 from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests, paper_prompts
 from g3.lmm.tiny import build_tiny_llava, export_for_vllm
-from g3.lmm.transformers_backend import TransformersBackend
+from g3.lmm.transformers_backend import DTYPES, TransformersBackend
 
 SHARED = Path(os.environ.get("G3_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SHARED_PHOTOS = SHARED / "im2gps3k" / "images_cc_subset500"
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *sorted(DTYPES)])
     parser.add_argument("--shape", choices=sorted(SHAPES), help="also a random model of this shape (see above)")
     parser.add_argument("--images", type=int, default=8, help="--shape: photos per call for the batch figure")
     parser.add_argument("--batch-size", type=int, default=8, help="most requests per generate call")
@@ -235,11 +235,10 @@ def main() -> None:
                     run(f"vLLM CPU server via the OpenAI-compatible backend, {label}", backend_http, requests,
                         args.repeats)  # fmt: skip
     if args.shape:
-        names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
         if args.dtype == "auto":
             dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         else:
-            dtype = getattr(torch, names.get(args.dtype, args.dtype))
+            dtype = DTYPES[args.dtype]
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             backend = shaped_llava(args.shape, Path(tmp) / "processor", args.device, dtype, args.batch_size)

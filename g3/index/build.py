@@ -86,7 +86,7 @@ def _shard_paths(work: Path, s: int) -> tuple[Path, Path, Path]:
 
 
 @contextlib.contextmanager
-def _matmul_tf32(enabled: bool) -> Iterator[None]:
+def matmul_tf32(enabled: bool) -> Iterator[None]:
     """CUDA matmuls and convolutions in TF32 inside the block (when ``enabled``); the previous setting after."""
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if enabled:
@@ -123,7 +123,7 @@ def encode_shard(
     per batch when given.
     """
     keys, kept, skipped = [], [], []
-    with _matmul_tf32(config.tf32):
+    with matmul_tf32(config.tf32):
         for batch in corpus_loader(aligner, corpus, rows, config):
             skipped.extend(batch["skipped"])
             if batch["pixel_values"] is not None:

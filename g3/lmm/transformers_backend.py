@@ -28,7 +28,8 @@ from transformers import LogitsProcessor
 from g3.errors import CheckpointError, MissingDependencyError
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage, decode_request_image
 
-_DTYPES = {
+#: The ``dtype`` names the backend takes (besides ``auto``) and their torch dtypes.
+DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -112,8 +113,8 @@ class TransformersBackend(LMMBackend):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if max_image_side is not None and max_image_side < 1:
             raise ValueError(f"max_image_side must be positive, got {max_image_side}")
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(DTYPES)}")
         self.model_path = str(model)
         self.device = device
         self.dtype = dtype
@@ -140,7 +141,7 @@ class TransformersBackend(LMMBackend):
                 raise MissingDependencyError(
                     f"the transformers backend needs a transformers with AutoModelForImageTextToText: {exc}"
                 ) from exc
-            torch_dtype = "auto" if self.dtype == "auto" else _DTYPES[self.dtype]
+            torch_dtype = "auto" if self.dtype == "auto" else DTYPES[self.dtype]
             try:
                 processor = AutoProcessor.from_pretrained(self.model_path)
                 model: Any = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=torch_dtype)
