@@ -267,6 +267,11 @@ def index_build(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished build of --out.")] = False,
     keep_shards: Annotated[bool, typer.Option(help="Keep the encoded shards after assembling.")] = False,
     tf32: Annotated[bool, typer.Option(help="CUDA: TF32 matmuls, about 2x faster (keys within ~1e-3).")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="CPU threads per encoding process (the keys' last bits depend on it); default: "
+                     "torch's (--ray: --ray-cpus-per-worker); a resumed build keeps its own."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
@@ -291,6 +296,7 @@ def index_build(
         keep_shards=keep_shards,
         fill_location_text=fill_location_text,
         tf32=tf32,
+        threads=threads,
     )
     options = _ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
     data = _load_corpus(

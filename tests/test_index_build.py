@@ -46,7 +46,8 @@ def test_build_indexes_every_readable_image_and_reports_the_rest(
     assert report["location_text"]["rows_looked_up"] == 0  # the synthetic corpus has its text already
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 57 and manifest["aligner_fingerprint"] == tiny_aligner.fingerprint()
-    assert manifest["build"] == {"corpus_rows": 60, "indexed": 57, "skipped": 3}
+    threads = torch.get_num_threads()  # the default: this process's
+    assert manifest["build"] == {"corpus_rows": 60, "indexed": 57, "skipped": 3, "threads": threads, "tf32": False}
     assert not (tmp_path / "indices" / ".synthetic.build").exists()  # shards removed after assembling
 
     # row r of the index is the key of its metadata row's image
@@ -149,3 +150,38 @@ def test_tf32_is_on_while_encoding_only_and_a_resume_keeps_the_precision(
     resumed = build_index(tiny_aligner, corpus, tmp_path / "tf32", tf32, progress=False)
     np.testing.assert_array_equal(flat_vectors(resumed), flat_vectors(plain))  # a CPU has no TF32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_the_build_fixes_its_threads_records_them_and_a_resume_keeps_them(
+    corpus: GeoCorpus, tiny_aligner: GeoAligner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    encode = tiny_aligner.encode_image
+
+    def recording(pixels: torch.Tensor):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return encode(pixels)
+
+    monkeypatch.setattr(tiny_aligner, "encode_image", recording)
+    before = torch.get_num_threads()
+    one = CONFIG.model_copy(update={"threads": 1})
+    calls = 0
+
+    def stop_at_second(s: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny_aligner, corpus, tmp_path / "idx", one, progress=False, on_shard=stop_at_second)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before  # set while encoding, restored on error
+    assert json.loads((tmp_path / ".idx.build" / "state.json").read_text())["threads"] == 1
+    with pytest.raises(GeoIndexError, match="different threads"):
+        build_index(tiny_aligner, corpus, tmp_path / "idx", CONFIG.model_copy(update={"threads": 3}), progress=False)
+    seen.clear()
+    resumed = build_index(tiny_aligner, corpus, tmp_path / "idx", CONFIG, progress=False)  # threads None: adopts 1
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    assert resumed.manifest.build["threads"] == 1
+    straight = build_index(tiny_aligner, corpus, tmp_path / "one", one, progress=False)
+    assert flat_vectors(resumed).tobytes() == flat_vectors(straight).tobytes()

@@ -31,7 +31,9 @@ IM2GPS3K = SHARED_DATA / "im2gps3k"
 PHOTOS = IM2GPS3K / "images_cc_subset500"
 needs_data = pytest.mark.skipif(not PHOTOS.is_dir(), reason="shared IM2GPS3k photos absent")
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = IndexBuildConfig(batch_size=8, shard_size=12, num_workers=0)  # 40 rows: 4 shards, the last one short
+# 40 rows: 4 shards, the last one short. 2 threads, not the 1 CPU a Ray worker reserves: the build's threads must
+# travel to the workers (Ray sets OMP_NUM_THREADS=1 there) for the keys to be the same bit for bit.
+CONFIG = IndexBuildConfig(batch_size=8, shard_size=12, num_workers=0, threads=2)
 BROKEN = (5, 26)  # rows whose image is corrupt: skipped and reported by both builds
 
 
@@ -116,6 +118,7 @@ def assert_same_index(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ma, mb = (json.loads((f / "manifest.json").read_text()) for f in (a, b))
     assert {k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k)} <= {"built_at", "build_seconds"}
+    assert ma["build"]["threads"] == CONFIG.threads
 
 
 @pytest.mark.slow

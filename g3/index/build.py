@@ -7,6 +7,13 @@ shards already written. Images that cannot be read are skipped, counted and list
 
 The steps are public so that `g3.index.distributed` runs the same build with the encoding on Ray workers:
 `plan_build` (work folder, state check), `encode_shard` / `write_shard`, `finish_build` (assembly).
+
+Reproducibility: a CPU matmul's last bits depend on how many threads split it, so every build fixes its
+encoding threads (``IndexBuildConfig.threads``, resolved once when the build is planned), applies them
+wherever it encodes (this process or a Ray worker), keeps them across resumes and records them in the
+manifest. Two builds with the same aligner, corpus, batch size and threads, on the same kind of processor
+with the same library versions, write the same keys bit for bit; with other threads they differ in float32
+rounding only.
 """
 
 from __future__ import annotations
@@ -55,6 +62,13 @@ class IndexBuildConfig(BaseModel):
     fill_location_text: bool = Field(
         default=True, description="rows without a country get city/state/country offline from GeoNames"
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads (torch intra-op) that encode, in this process or in each Ray worker; the keys' "
+        "last bits depend on it. None: this process's torch threads (Ray: the CPUs reserved per worker); a "
+        "resumed build keeps the number it started with. Recorded in the manifest",
+    )
     tf32: bool = Field(
         default=False,
         description="CUDA: encode with TF32 matmuls (2x faster builds measured on an H200; keys differ from "
@@ -97,6 +111,18 @@ def matmul_tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (unchanged when None); restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def corpus_loader(aligner: GeoAligner, corpus: GeoCorpus, rows: range, config: IndexBuildConfig) -> DataLoader:
     """Batches of decoded, preprocessed corpus images (``rows``, ``pixel_values``, ``skipped``) for ``aligner``.
 
@@ -119,11 +145,11 @@ def encode_shard(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Encode the images of ``rows``: ``(keys (n, key_dim) float32, corpus rows kept (n,), skipped IMG_IDs)``.
 
-    The one encoding step of every build, in one process or on Ray workers; ``bar`` (a tqdm) is advanced
-    per batch when given.
+    The one encoding step of every build, in one process or on Ray workers, with ``config.threads`` CPU
+    threads (as set, when None); ``bar`` (a tqdm) is advanced per batch when given.
     """
     keys, kept, skipped = [], [], []
-    with matmul_tf32(config.tf32):
+    with matmul_tf32(config.tf32), intra_op_threads(config.threads):
         for batch in corpus_loader(aligner, corpus, rows, config):
             skipped.extend(batch["skipped"])
             if batch["pixel_values"] is not None:
@@ -150,12 +176,19 @@ def write_shard(work: Path, s: int, keys: np.ndarray, rows: np.ndarray, skipped:
     atomic_write_json(done_path, {"rows": len(rows), "skipped": skipped})  # written last: marks completion
 
 
+def _saved_state(work: Path) -> dict[str, Any] | None:
+    state_file = work / "state.json"
+    return json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else None
+
+
 def _prepare_work_dir(work: Path, state: dict[str, Any], restart: bool) -> None:
     state_file = work / "state.json"
     if restart and work.exists():
         shutil.rmtree(work)
-    if state_file.is_file():
-        saved = json.loads(state_file.read_text(encoding="utf-8"))
+    saved = _saved_state(work)
+    if saved is not None:
+        if "threads" not in saved:  # left unfinished before the threads were recorded: adopt them
+            saved = saved | {"threads": state["threads"]}
         if saved != state:
             differs = sorted(k for k in state.keys() | saved.keys() if saved.get(k) != state.get(k))
             raise GeoIndexError(
@@ -170,12 +203,17 @@ def _prepare_work_dir(work: Path, state: dict[str, Any], restart: bool) -> None:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """The shards of a build (``shard_size`` corpus rows each) and its work folder ``.NAME.build/``."""
+    """The shards of a build (``shard_size`` corpus rows each), its work folder ``.NAME.build/`` and the
+    build settings every shard is encoded with (``config``, its ``threads`` resolved)."""
 
     out: Path
     work: Path
     rows: int
-    shard_size: int
+    config: IndexBuildConfig
+
+    @property
+    def shard_size(self) -> int:
+        return self.config.shard_size
 
     @property
     def n_shards(self) -> int:
@@ -196,17 +234,34 @@ class BuildPlan:
 
 
 def plan_build(
-    corpus: GeoCorpus, out: str | Path, config: IndexBuildConfig, *, fingerprint: str, restart: bool = False
+    corpus: GeoCorpus,
+    out: str | Path,
+    config: IndexBuildConfig,
+    *,
+    fingerprint: str,
+    restart: bool = False,
+    default_threads: int | None = None,
 ) -> BuildPlan:
     """Prepare (or resume) the work folder of a build of ``out``: an unfinished build made with another
-    aligner, corpus or shard size is refused (`GeoIndexError`) unless ``restart`` discards it."""
+    aligner, corpus, shard size or thread count is refused (`GeoIndexError`) unless ``restart`` discards it.
+
+    ``config.threads`` None resolves to the unfinished build's threads when resuming, else to
+    ``default_threads`` (default: this process's torch threads); the plan's ``config`` carries the number.
+    """
     out = Path(out)
-    plan = BuildPlan(out=out, work=_work_dir(out), rows=len(corpus), shard_size=config.shard_size)
+    work = _work_dir(out)
+    threads = config.threads
+    if threads is None:
+        saved = None if restart else _saved_state(work)
+        threads = (saved or {}).get("threads") or default_threads or torch.get_num_threads()
+    config = config.model_copy(update={"threads": int(threads)})
+    plan = BuildPlan(out=out, work=work, rows=len(corpus), config=config)
     state = {
         "aligner_fingerprint": fingerprint,
         "corpus": _corpus_digest(corpus),
         "rows": plan.rows,
         "shard_size": config.shard_size,
+        "threads": config.threads,
     }
     if config.tf32:  # only when set, so that builds left unfinished before this knob still resume
         state["tf32"] = True
@@ -239,18 +294,17 @@ def build_index(
     with tqdm(total=plan.rows, initial=plan.done_rows(), unit="img", desc="encode", disable=not progress,
               smoothing=0.05) as bar:  # fmt: skip
         for s in plan.missing():
-            keys, kept, skipped = encode_shard(aligner, corpus, plan.shard_rows(s), config, bar)
+            keys, kept, skipped = encode_shard(aligner, corpus, plan.shard_rows(s), plan.config, bar)
             write_shard(plan.work, s, keys, kept, skipped)
             if on_shard is not None:
                 on_shard(s)
-    return finish_build(plan, corpus, config, fingerprint=fingerprint, dim=aligner.key_dim,
+    return finish_build(plan, corpus, fingerprint=fingerprint, dim=aligner.key_dim,
                         aligner_config=aligner.config.model_dump(mode="json"), started=started)  # fmt: skip
 
 
 def finish_build(
     plan: BuildPlan,
     corpus: GeoCorpus,
-    config: IndexBuildConfig,
     *,
     fingerprint: str,
     dim: int,
@@ -259,7 +313,7 @@ def finish_build(
 ) -> GeoIndex:
     """Assemble every shard of ``plan`` into the index folder (FAISS index, metadata, manifest, build
     report), remove the work folder unless ``keep_shards``; ``started`` is the build's `time.perf_counter`."""
-    out, n = plan.out, plan.rows
+    out, n, config = plan.out, plan.rows, plan.config
     index, kept_rows, skipped_ids = _assemble(plan.work, plan.n_shards, dim, config)
     frame = corpus.frame.iloc[kept_rows].drop(columns=["caption"], errors="ignore")
     location_text = None
@@ -281,7 +335,8 @@ def finish_build(
         aligner_config=aligner_config,
         search_params=config.search_params,
         build_seconds=round(time.perf_counter() - started, 3),
-        build={k: report[k] for k in ("corpus_rows", "indexed", "skipped")},
+        build={k: report[k] for k in ("corpus_rows", "indexed", "skipped")}
+        | {"threads": config.threads, "tf32": config.tf32},
     )
     table = metadata_table(frame)
     geo_index = GeoIndex(FaissBackend(index, use_gpu=False, search_params=config.search_params), table, manifest)

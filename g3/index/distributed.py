@@ -234,9 +234,11 @@ class _ShardEncoder:
             "host": socket.gethostname(),
         }
 
-    def encode(self, corpus: GeoCorpus, start: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Keys, corpus rows kept (offset by ``start``) and skipped IMG_IDs of a shard's rows."""
-        keys, kept, skipped = encode_shard(self.aligner, corpus, range(len(corpus)), self.config)
+    def encode(self, corpus: GeoCorpus, start: int, threads: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Keys, corpus rows kept (offset by ``start``) and skipped IMG_IDs of a shard's rows, encoded with
+        the build's ``threads``."""
+        config = self.config.model_copy(update={"threads": threads})
+        keys, kept, skipped = encode_shard(self.aligner, corpus, range(len(corpus)), config)
         return keys, kept + start, skipped
 
 
@@ -279,17 +281,23 @@ def build_index_ray(
                         f"Ray workers on {first['host']} and {info['host']} loaded different weights from {path}; "
                         "every node must see the same checkpoint"
                     )
-            plan = plan_build(corpus, out, config, fingerprint=first["fingerprint"], restart=restart)
+            plan = plan_build(corpus, out, config, fingerprint=first["fingerprint"], restart=restart,
+                              default_threads=max(1, int(options.cpus_per_worker)))  # fmt: skip
             missing = plan.missing()
-            log.info("encoding %d of %d shards (%d rows each) on %d Ray workers", len(missing), plan.n_shards,
-                     config.shard_size, len(actors))  # fmt: skip
+            threads = plan.config.threads
+            log.info("encoding %d of %d shards (%d rows each) on %d Ray workers, %s threads each", len(missing),
+                     plan.n_shards, config.shard_size, len(actors), threads)  # fmt: skip
+            if device == "cpu" and threads and threads > options.cpus_per_worker:
+                log.warning("each Ray worker encodes with %d threads (the build's) on %g reserved CPUs: pass "
+                            "--ray-cpus-per-worker %d, or --threads to change the build's", threads,
+                            options.cpus_per_worker, threads)  # fmt: skip
             with tqdm(total=plan.rows, initial=plan.done_rows(), unit="img", desc="encode (ray)",
                       disable=not progress, smoothing=0.05) as bar:  # fmt: skip
 
                 def jobs() -> Iterator[tuple[int, tuple[Any, ...]]]:
                     for s in missing:
                         rows = plan.shard_rows(s)
-                        yield s, (corpus.subset(np.arange(rows.start, rows.stop)), rows.start)
+                        yield s, (corpus.subset(np.arange(rows.start, rows.stop)), rows.start, threads)
 
                 def written(s: int, result: tuple[np.ndarray, np.ndarray, list[str]]) -> None:
                     keys, kept, skipped = result
@@ -302,5 +310,5 @@ def build_index_ray(
                 run_jobs(ray, actors, "encode", jobs(), written, describe=lambda s: f"encoding shard {s}")
         finally:
             stop_actors(ray, actors)
-    return finish_build(plan, corpus, config, fingerprint=first["fingerprint"], dim=first["dim"],
+    return finish_build(plan, corpus, fingerprint=first["fingerprint"], dim=first["dim"],
                         aligner_config=first["aligner_config"], started=started)  # fmt: skip
