@@ -269,8 +269,11 @@ def index_build(
     tf32: Annotated[bool, typer.Option(help="CUDA: TF32 matmuls, about 2x faster (keys within ~1e-3).")] = False,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="CPU threads per encoding process (the keys' last bits depend on it); default: "
-                     "torch's (--ray: --ray-cpus-per-worker); a resumed build keeps its own."),
+        typer.Option(
+            min=1,
+            help="CPU threads per encoding process (the keys' last bits depend on it); default: "
+            "torch's (--ray: --ray-cpus-per-worker); a resumed build keeps its own.",
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
     ray: RayFlag = False,
