@@ -251,7 +251,7 @@ def test_dockerfile_basics(name: str) -> None:
     env = _env(steps)
     user = [rest for k, rest in steps if k == "USER"]
     assert user and user[-1].split(":")[0] not in ("0", "root"), "the image must run as a non-root user"
-    assert [rest for k, rest in steps if k == "EXPOSE"] == [env["G3_PORT"]] == ["8000"]
+    assert [rest for k, rest in steps if k == "EXPOSE"] == [env["G3_PORT"]] == ["8080"]
     volumes = json.loads(next(rest for k, rest in steps if k == "VOLUME"))
     assert {"/models", "/indices", "/config"} <= set(volumes)
     assert env["HF_HOME"].startswith("/models/") and env["G3_CACHE_DIR"].startswith("/models/")
@@ -338,7 +338,7 @@ def test_entrypoint_runs_g3_serve_with_options_the_cli_accepts(name: str, tmp_pa
     argv = _entrypoint_argv(tmp_path, env, [*entrypoint[1:], *cmd])
     params = _serve_params(argv)
     assert params["host"] == "0.0.0.0"
-    assert params["port"] == int(env["G3_PORT"]) == 8000
+    assert params["port"] == int(env["G3_PORT"]) == 8080
     assert str(params["config"]) == env["G3_CONFIG"]
     config = _load_container_config(dockerfile, env["G3_CONFIG"])
     assert config.lmm.backend == ("vllm" if name == "Dockerfile.vllm" else "openai")
@@ -386,7 +386,7 @@ def test_compose_files_are_valid(files: tuple[Path, ...]) -> None:
 
 
 BREAKAGES = {
-    "bad port": ("- ${G3_HOST_PORT:-8000}:8000", "- ${G3_HOST_PORT:-8000}:http"),
+    "bad port": ("- ${G3_HOST_PORT:-8080}:8080", "- ${G3_HOST_PORT:-8080}:http"),
     "unknown key": ("    ipc: host\n", "    ipc: host\n    gpus_please: 1\n"),
     "undefined dependency": ("      vllm:\n        condition", "      vlm:\n        condition"),
     "bad condition": ("condition: service_healthy", "condition: when_ready"),
@@ -571,7 +571,7 @@ def test_scale_override_lists_every_replica_in_g3s_base_url() -> None:
         assert replica["restart"] == "unless-stopped", name
         # g3 asks every replica for the name it serves the model under
         assert replica["command"][replica["command"].index("--served-model-name") + 1] == config.lmm.model, name
-    assert [p["published"] for p in services["vllm"]["ports"]] == ["8001"] and not services["vllm-b"].get("ports")
+    assert [p["published"] for p in services["vllm"]["ports"]] == ["8000"] and not services["vllm-b"].get("ports")
     # the GPUs are chosen from the environment
     chosen = _model(COMPOSE, SCALE, env={"VLLM_GPU_A": "2", "VLLM_GPU_B": "3"})["services"]
     devices = {n: chosen[n]["deploy"]["resources"]["reservations"]["devices"] for n in _replicas(chosen)}
