@@ -464,7 +464,7 @@ def serve(
         "configs/paper.yaml"
     ),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port (vLLM's servers default to 8000).")] = 8080,
     model_id: Annotated[str, typer.Option(help="Model id clients ask for.")] = "g3",
     allow_url_host: Annotated[
         list[str] | None, typer.Option(help="Host whose http(s) image URLs may be fetched (repeat; *.suffix ok).")
