@@ -220,7 +220,9 @@ def test_timeout_gives_error_responses_quickly() -> None:
     responses = asyncio.run(generate_with_timeout(RecordingBackend(delay_s=10), requests, 0.2))
     assert time.perf_counter() - start < 2.0
     assert [r.tag for r in responses] == ["a", "b"]
-    assert all(r.error == "timeout after 0.2 s" and r.texts == () and r.latency_s == 0.2 for r in responses)
+    assert all(r.error == "timeout after 0.2 s (LMM recording)" and r.texts == () and r.latency_s == 0.2
+               for r in responses)  # fmt: skip
+    assert all(r.error_kind == "timeout" for r in responses)
 
 
 def test_timeout_through_the_batcher_does_not_hang() -> None:
@@ -232,7 +234,7 @@ def test_timeout_through_the_batcher_does_not_hang() -> None:
     start = time.perf_counter()
     results = asyncio.run(main())
     assert time.perf_counter() - start < 2.0
-    assert all(r[0].error == "timeout after 0.2 s" for r in results)
+    assert all(r[0].error == "timeout after 0.2 s (LMM recording)" for r in results)
 
 
 def test_raising_backend_gives_error_responses() -> None:

@@ -229,9 +229,11 @@ def test_every_server_down_gives_error_responses_not_exceptions(servers: list[Fa
         message = out[0].error or ""
         assert message.startswith("no LMM server could answer (3 of 3 out of rotation)")
         assert all(f.url in message for f in servers) and "APIConnectionError" in message
+        assert message.endswith(f"(model {pool.model})") and all(r.error_kind == "unreachable" for r in out)
         # later requests fail at once too, naming why each server is out of rotation
         again = pool.generate(requests(1))[0]
         assert not again.ok and "out of rotation" in (again.error or "") and "next health check" in (again.error or "")
+        assert again.error_kind == "unreachable"
 
 
 def test_request_errors_are_not_server_failures(servers: list[FakeServer]) -> None:
@@ -240,6 +242,7 @@ def test_request_errors_are_not_server_failures(servers: list[FakeServer]) -> No
     with pool_of(servers) as pool:
         out = pool.generate(requests(3))
         assert not out[0].ok and "image too large" in (out[0].error or "") and out[1].ok and out[2].ok
+        assert out[0].error_kind == "error" and (out[0].error or "").startswith(f"{a.url} (model {pool.model}): ")
         assert a.completions == 1  # not retried elsewhere: the request itself is at fault
         stats = pool.stats()[0]
         assert stats.state == "up" and stats.rejected == 1 and stats.failures == 0

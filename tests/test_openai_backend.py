@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -119,14 +120,24 @@ def test_persistent_failure_becomes_an_error_response_not_an_exception(server: t
     out = OpenAIBackend(url, "m", max_retries=2).generate(requests(2))
     assert all(not r.ok and r.texts == () for r in out)
     assert "InternalServerError" in (out[0].error or "") and "HTTP 500" in (out[0].error or "")
+    assert f"(LMM server {url} (model m))" in (out[0].error or "") and out[0].error_kind == "error"
     assert len(script.bodies) == 2 * 3  # first try + 2 retries, for each request
+
+
+def test_unreachable_server_is_named_in_the_error() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    out = OpenAIBackend(url, "some-model", max_retries=0).generate(requests(1))
+    assert out[0].error_kind == "unreachable"
+    assert out[0].error == f"APIConnectionError: Connection error. (LMM server {url} (model some-model))"
 
 
 def test_timeout_is_an_error(server: tuple[str, Script]) -> None:
     url, script = server
     script.delay_s = 1.0
     out = OpenAIBackend(url, "m", timeout_s=0.2, max_retries=0).generate(requests(1))
-    assert not out[0].ok and "Timeout" in (out[0].error or "")
+    assert not out[0].ok and "Timeout" in (out[0].error or "") and out[0].error_kind == "timeout"
 
 
 def test_server_without_json_schema_support_falls_back_once(server: tuple[str, Script]) -> None:

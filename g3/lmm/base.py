@@ -17,7 +17,7 @@ import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -73,15 +73,25 @@ class Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
 
 
+#: Kinds of failed requests (`LMMResponse.error_kind`): the server could not be reached (connection
+#: refused, DNS, reset), the request ran out of time, or anything else (an HTTP error status, an engine error).
+ErrorKind = Literal["unreachable", "timeout", "error"]
+
+
 @dataclass(frozen=True)
 class LMMResponse:
-    """The ``n`` answers to one request, or the error that prevented them."""
+    """The ``n`` answers to one request, or the error that prevented them.
+
+    ``error`` says what failed and where (the server's URL or the model); ``error_kind`` classifies it
+    (None on success; backends that cannot tell leave it None and the error counts as ``"error"``).
+    """
 
     tag: str
     texts: tuple[str, ...]
     usage: Usage
     latency_s: float
     error: str | None = None
+    error_kind: ErrorKind | None = None
 
     @property
     def ok(self) -> bool:
@@ -93,6 +103,13 @@ class LMMBackend(abc.ABC):
 
     #: A short name for logs and predictions, e.g. ``"vllm"``, ``"openai"``, ``"transformers"``.
     name: str = "lmm"
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, for error messages: the server URL(s) and model, or the in-process model."""
+        names = (getattr(self, "model", None), getattr(self, "model_path", None))
+        model = next((v for v in names if isinstance(v, str) and v), None)
+        return f"{self.name} (model {model})" if model else self.name
 
     @abc.abstractmethod
     async def agenerate(self, requests: Sequence[LMMRequest]) -> list[LMMResponse]:

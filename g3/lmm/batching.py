@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage
+from g3.lmm.base import ErrorKind, LMMBackend, LMMRequest, LMMResponse, Usage
 
 
 @dataclass(eq=False)
@@ -104,6 +104,10 @@ class BatchingBackend(LMMBackend):
         self._lock = threading.Lock()
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
+    @property
+    def endpoint(self) -> str:
+        return self.inner.endpoint
+
     def close(self) -> None:
         """Close the inner backend."""
         self.inner.close()
@@ -177,7 +181,7 @@ class BatchingBackend(LMMBackend):
             try:
                 responses = await self.inner.agenerate(requests)
             except Exception as exc:
-                _fail(batch, f"{self.inner.name} raised {type(exc).__name__}: {exc}", time.perf_counter() - start)
+                _fail(batch, _raised(self.inner, exc), time.perf_counter() - start, _kind(exc))
                 return
             problem = _mismatch(requests, responses)
             if problem is not None:
@@ -209,10 +213,11 @@ async def generate_with_timeout(
             responses = await backend.agenerate(requests)
     except TimeoutError as exc:
         if scope.expired():
-            return [_error(r, f"timeout after {timeout_s:g} s", float(timeout_s or 0.0)) for r in requests]
-        return _errors(requests, f"{backend.name} raised {type(exc).__name__}: {exc}", time.perf_counter() - start)
+            message = f"timeout after {timeout_s:g} s (LMM {backend.endpoint})"
+            return [_error(r, message, float(timeout_s or 0.0), "timeout") for r in requests]
+        return _errors(requests, _raised(backend, exc), time.perf_counter() - start, "timeout")
     except Exception as exc:
-        return _errors(requests, f"{backend.name} raised {type(exc).__name__}: {exc}", time.perf_counter() - start)
+        return _errors(requests, _raised(backend, exc), time.perf_counter() - start, _kind(exc))
     problem = _mismatch(requests, responses)
     if problem is not None:
         return _errors(requests, f"{backend.name} {problem}", time.perf_counter() - start)
@@ -231,14 +236,28 @@ def _mismatch(requests: Sequence[LMMRequest], responses: object) -> str | None:
     return None
 
 
-def _error(request: LMMRequest, message: str, latency: float) -> LMMResponse:
-    return LMMResponse(request.tag, (), Usage(), latency, error=message)
+def _raised(backend: LMMBackend, exc: BaseException) -> str:
+    """``"<backend> raised <type>: <message> (LMM <endpoint>)"``."""
+    return f"{backend.name} raised {type(exc).__name__}: {exc} (LMM {backend.endpoint})"
 
 
-def _errors(requests: Sequence[LMMRequest], message: str, latency: float) -> list[LMMResponse]:
-    return [_error(r, message, latency) for r in requests]
+def _kind(exc: BaseException) -> ErrorKind:
+    """A backend's exception classified: connection failures, timeouts, anything else."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "unreachable" if isinstance(exc, ConnectionError) else "error"
 
 
-def _fail(entries: Sequence[_Entry], message: str, latency: float) -> None:
+def _error(request: LMMRequest, message: str, latency: float, kind: ErrorKind = "error") -> LMMResponse:
+    return LMMResponse(request.tag, (), Usage(), latency, error=message, error_kind=kind)
+
+
+def _errors(
+    requests: Sequence[LMMRequest], message: str, latency: float, kind: ErrorKind = "error"
+) -> list[LMMResponse]:
+    return [_error(r, message, latency, kind) for r in requests]
+
+
+def _fail(entries: Sequence[_Entry], message: str, latency: float, kind: ErrorKind = "error") -> None:
     for entry in entries:
-        entry.caller.fill(entry.index, _error(entry.caller.requests[entry.index], message, latency))
+        entry.caller.fill(entry.index, _error(entry.caller.requests[entry.index], message, latency, kind))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from g3.errors import MissingDependencyError
-from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage, data_url
+from g3.lmm.base import ErrorKind, LMMBackend, LMMRequest, LMMResponse, Usage, data_url
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class OpenAIBackend(LMMBackend):
         self.structured_output = structured_output
         self.image_detail = image_detail
         self._schema_supported = structured_output != "none"
+
+    @property
+    def endpoint(self) -> str:
+        """``"http://host:port/v1 (model NAME)"``: named in every error of this backend."""
+        return f"{self.base_url} (model {self.model})"
 
     def new_client(self, *, max_retries: int | None = None) -> Any:
         """An ``openai.AsyncOpenAI`` client for ``base_url`` (``max_retries``: override the backend's)."""
@@ -103,7 +108,9 @@ class OpenAIBackend(LMMBackend):
         try:
             return await self.complete(client, request)
         except openai.OpenAIError as exc:
-            return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start, error=describe_error(exc))
+            return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start,
+                               error=f"{describe_error(exc)} (LMM server {self.endpoint})",
+                               error_kind=error_kind(exc))  # fmt: skip
 
     async def complete(self, client: Any, request: LMMRequest) -> LMMResponse:
         """One chat completion for ``request`` through ``client`` (from `new_client`); raises the client's
@@ -140,3 +147,14 @@ def describe_error(exc: BaseException) -> str:
     """A one-line description of a client error: type, HTTP status, message (≤ 300 characters)."""
     status = getattr(exc, "status_code", None)
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {str(exc)[:300]}"
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """``"timeout"`` for a client timeout, ``"unreachable"`` for any other connection failure, else ``"error"``."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unreachable"
+    return "error"

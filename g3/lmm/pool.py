@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage
-from g3.lmm.openai_backend import OpenAIBackend, describe_error
+from g3.lmm.base import ErrorKind, LMMBackend, LMMRequest, LMMResponse, Usage
+from g3.lmm.openai_backend import OpenAIBackend, describe_error, error_kind
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,11 @@ class OpenAIPoolBackend(LMMBackend):
     @property
     def base_urls(self) -> list[str]:
         return [s.url for s in self._servers]
+
+    @property
+    def endpoint(self) -> str:
+        """``"url1, url2 (model NAME)"``: named in errors."""
+        return f"{', '.join(self.base_urls)} (model {self.model})"
 
     # -- public state -------------------------------------------------------------------------------
 
@@ -387,6 +392,7 @@ class OpenAIPoolBackend(LMMBackend):
         start = time.perf_counter()
         tried: set[int] = set()
         errors: list[str] = []
+        kinds: list[ErrorKind] = []
         repeats = 0
         for _ in range(self.max_retries + len(self._servers)):
             index = self._pick(tried)
@@ -406,6 +412,7 @@ class OpenAIPoolBackend(LMMBackend):
                 except openai.OpenAIError as exc:
                     problem = describe_error(exc)
                     errors.append(f"{server.url}: {problem}")
+                    kinds.append(error_kind(exc))
                     status = getattr(exc, "status_code", None)
                     down = isinstance(exc, openai.APIConnectionError) or (status is not None and status >= 500)
                     with self._lock:
@@ -416,7 +423,7 @@ class OpenAIPoolBackend(LMMBackend):
                             server.rejected += 1
                     if down or status in BUSY_STATUSES:
                         continue
-                    return self._error(request, f"{server.url}: {problem}", start)
+                    return self._error(request, f"{server.url} (model {self.model}): {problem}", start, kinds[-1])
                 finally:
                     with self._lock:
                         server.in_flight -= 1
@@ -424,7 +431,10 @@ class OpenAIPoolBackend(LMMBackend):
                 server.successes += 1
                 server.streak = 0
             return response
-        return self._error(request, self._all_failed(errors), start)
+        # no attempt at all: every server is out of rotation, i.e. it refused, timed out or failed (5xx) lately
+        kind: ErrorKind = "unreachable" if all(k == "unreachable" for k in kinds) else (
+            "timeout" if all(k in ("unreachable", "timeout") for k in kinds) else "error")  # fmt: skip
+        return self._error(request, self._all_failed(errors), start, kind)
 
     def _all_failed(self, errors: list[str]) -> str:
         now = time.monotonic()
@@ -436,8 +446,8 @@ class OpenAIPoolBackend(LMMBackend):
                 if not any(e.startswith(f"{s.url}: ") for e in errors)
             ]
         head = f"no LMM server could answer ({len(down)} of {len(self._servers)} out of rotation)"
-        return head + ": " + "; ".join(errors + out)
+        return head + ": " + "; ".join(errors + out) + f" (model {self.model})"
 
     @staticmethod
-    def _error(request: LMMRequest, message: str, start: float) -> LMMResponse:
-        return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start, error=message)
+    def _error(request: LMMRequest, message: str, start: float, kind: ErrorKind) -> LMMResponse:
+        return LMMResponse(request.tag, (), Usage(), time.perf_counter() - start, error=message, error_kind=kind)
