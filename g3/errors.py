@@ -45,3 +45,18 @@ class ImageTooLargeError(InvalidImageError):
 
 class RayWorkerError(G3Error):
     """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""
+
+
+class BatchError(G3Error):
+    """Some photos of a batch failed. ``results`` holds every photo's outcome in input order (a prediction,
+    or the exception of a failed photo); ``errors`` maps the index of each failed photo to its exception."""
+
+    def __init__(self, results: list[object], errors: dict[int, BaseException]) -> None:
+        self.results = results
+        self.errors = errors
+        shown = "; ".join(f"#{i}: {type(e).__name__}: {e}" for i, e in list(errors.items())[:5])
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        super().__init__(
+            f"{len(errors)} of {len(results)} photos failed ({shown}{more}); the others were located: "
+            "their predictions are in this error's .results (or pass return_exceptions=True to get the list)"
+        )

@@ -42,3 +42,11 @@ def small_rff() -> RFFEncoderConfig:
 @pytest.fixture()
 def tiny_aligner(tiny_clip_dir: Path, small_rff: RFFEncoderConfig) -> GeoAligner:
     return GeoAligner.from_clip(AlignerConfig(clip=str(tiny_clip_dir), location_encoder=small_rff), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny assets (aligner, index, LLaVA), built once per test session in a temporary cache."""
+    from g3.agent.tiny import ensure_tiny_assets
+
+    return ensure_tiny_assets(tmp_path_factory.mktemp("g3-cache"))

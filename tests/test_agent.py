@@ -17,7 +17,6 @@ from PIL import Image
 from scripted import ScriptedLMM
 
 from g3.agent import G3, G3Config
-from g3.agent.tiny import ensure_tiny_assets
 from g3.errors import InvalidImageError
 from g3.index import GeoIndex
 from g3.lmm.base import LMMBackend
@@ -26,11 +25,6 @@ from g3.models import GeoAligner
 
 PHOTOS = sorted((SHARED_DATA / "im2gps3k" / "images_cc_subset500").glob("*.jpg"))[:3]
 needs_photos = pytest.mark.skipif(not PHOTOS, reason="the shared IM2GPS3k photos are not available")
-
-
-@pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_assets(tmp_path_factory.mktemp("g3-cache"))
 
 
 @pytest.fixture(scope="session")

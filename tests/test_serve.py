@@ -21,7 +21,6 @@ from PIL import Image
 from scripted import ScriptedLMM
 
 from g3.agent import G3, G3Config, GeoPrediction
-from g3.agent.tiny import ensure_tiny_assets
 from g3.index import GeoIndex
 from g3.lmm.vllm_server import free_port
 from g3.models import GeoAligner
@@ -47,10 +46,9 @@ def photo_message(url: str, text: str | None = "Where was this taken?") -> list[
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[GeoAligner, GeoIndex]:
-    assets = ensure_tiny_assets(tmp_path_factory.mktemp("cache"))
-    aligner = GeoAligner.from_pretrained(str(assets / "aligner"))
-    return aligner, GeoIndex.load(assets / "index", aligner=aligner)
+def parts(tiny_assets: Path) -> tuple[GeoAligner, GeoIndex]:
+    aligner = GeoAligner.from_pretrained(str(tiny_assets / "aligner"))
+    return aligner, GeoIndex.load(tiny_assets / "index", aligner=aligner)
 
 
 def make_g3(parts: tuple[GeoAligner, GeoIndex], backend: ScriptedLMM | None = None, **overrides: object) -> G3:

@@ -12,8 +12,10 @@ from g3.agent import tiny
 from g3.agent.config import G3Config, LMMConfig
 from g3.agent.graph import G3Runtime, LocateState, build_graph
 from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
+from g3.agent.sync import run_coroutine
 from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import load_query_image
+from g3.errors import BatchError
 from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMBackend
 from g3.lmm.batching import BatchingBackend
@@ -154,15 +156,19 @@ class G3:
         return self.prediction(state)
 
     def locate(self, image: ImageInput) -> GeoPrediction:
-        """Synchronous `alocate`."""
-        return asyncio.run(self.alocate(image))
+        """Synchronous `alocate` (also inside a running event loop, e.g. a notebook: see `run_coroutine`)."""
+        return run_coroutine(self.alocate(image))
 
     async def alocate_batch(
         self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
     ) -> list[Any]:
         """Locate several photos, ``concurrency`` at a time (their prompts share LMM batches).
 
-        With ``return_exceptions`` a failing photo gives its exception in place of a prediction.
+        A photo that fails never costs the others their results: every photo is located, then, if some
+        failed, `BatchError` is raised carrying all results in order (``.results``, the failed photos'
+        exceptions in their places) and ``.errors`` (index → exception). With ``return_exceptions`` the
+        list is returned instead, each failed photo's exception in place of its prediction. A cancellation
+        or an interrupt is raised as it is.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -172,13 +178,20 @@ class G3:
             async with semaphore:
                 return await self.alocate(image)
 
-        return list(await asyncio.gather(*(one(i) for i in images), return_exceptions=return_exceptions))
+        results: list[Any] = list(await asyncio.gather(*(one(i) for i in images), return_exceptions=True))
+        errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        for error in errors.values():
+            if not isinstance(error, Exception):
+                raise error  # cancelled or interrupted: not a bad photo
+        if errors and not return_exceptions:
+            raise BatchError(results, errors) from next(iter(errors.values()))
+        return results
 
     def locate_batch(
         self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
     ) -> list[Any]:
-        """Synchronous `alocate_batch`."""
-        return asyncio.run(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions))
+        """Synchronous `alocate_batch` (also inside a running event loop, e.g. a notebook)."""
+        return run_coroutine(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions))
 
     async def astream(self, image: ImageInput) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Step-by-step progress: yields ``(node name, its state update)`` as each step finishes, then
