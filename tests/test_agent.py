@@ -60,8 +60,8 @@ def test_full_pipeline_on_real_photos(parts: tuple[GeoAligner, GeoIndex]) -> Non
         assert p.parse["parsed"] == 40 and p.parse["answers"] == 40
         for step in ("encode", "retrieve", "render", "generate", "generate:rag_15", "parse", "verify", "describe"):
             assert p.timings[step] >= 0, step
-        assert p.warnings == []
-        json.loads(p.model_dump_json())  # serialises
+        assert p.warnings == [] and not p.degraded and p.degradations == []
+        assert json.loads(p.model_dump_json())["degraded"] is False  # serialises, with the computed flag
     # verification picks by embedding similarity: the chosen candidate has the highest embedding score
     assert p.candidates[0].components["embedding"] == max(c.components["embedding"] for c in p.candidates)
 
@@ -130,6 +130,7 @@ def test_ablations_change_the_result(parts: tuple[GeoAligner, GeoIndex]) -> None
     only_retrieval = make_g3(parts, None, pipeline={"mode": "retrieval"}).locate(photo)
     assert [c.source for c in only_retrieval.candidates] == ["retrieval"] and only_retrieval.usage.prompts == 0
     assert (only_retrieval.lat, only_retrieval.lon) == (aligned.similar[0].lat, aligned.similar[0].lon)
+    assert not only_retrieval.degraded and not aligned.degraded  # retrieval mode never calls an LMM: as configured
 
 
 def jpeg(image: Image.Image, **kw: object) -> bytes:
@@ -163,6 +164,8 @@ def test_lmm_faults_degrade_to_retrieval(parts: tuple[GeoAligner, GeoIndex]) -> 
     assert [c.source for c in raising.candidates] == ["retrieval"]
     assert any("ConnectionError" in w for w in raising.warnings) and raising.usage.failed_prompts == 4
     assert any("retrieval only" in w for w in raising.warnings)
+    assert [d.reason for d in raising.degradations] == ["lmm_unreachable"] and raising.degraded
+    assert "zero_shot, rag_5, rag_10, rag_15" in raising.degradations[0].message
 
     hanging = make_g3(parts, ScriptedLMM(delay_s=30), lmm={"backend": "vllm", "timeout_s": 0.3})
     import time
@@ -171,10 +174,13 @@ def test_lmm_faults_degrade_to_retrieval(parts: tuple[GeoAligner, GeoIndex]) -> 
     p = hanging.locate(photo)
     assert time.perf_counter() - start < 10
     assert [c.source for c in p.candidates] == ["retrieval"] and any("timeout after 0.3 s" in w for w in p.warnings)
+    assert [d.reason for d in p.degradations] == ["lmm_timeout"]
 
     garbage = make_g3(parts, ScriptedLMM("garbage")).locate(photo)
     assert [c.source for c in garbage.candidates] == ["retrieval"]
     assert garbage.parse["refusals"] == 40 and any("could not be parsed" in w for w in garbage.warnings)
+    (unparsed,) = garbage.degradations
+    assert unparsed.reason == "no_parseable_answer" and "none of the 40 answers" in unparsed.message
     # never a made-up point: the answer is the top retrieved neighbour
     assert (garbage.lat, garbage.lon) == (garbage.similar[0].lat, garbage.similar[0].lon)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from g3.agent import tiny
 from g3.agent.config import G3Config, LMMConfig
+from g3.agent.degradation import assess
 from g3.agent.graph import G3Runtime, LocateState, build_graph
 from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
 from g3.agent.sync import run_coroutine
@@ -243,6 +244,13 @@ class G3:
         warnings = list(state.get("warnings", []))
         if self.config.note:
             warnings.append(self.config.note)
+        degradations = assess(
+            self.config.pipeline.mode,
+            responses,
+            generated=sum(c.source != "retrieval" for c in state.get("candidates", [])),
+            parse=state.get("parse"),
+            endpoint=backend.endpoint if backend is not None else "none",
+        )
         return GeoPrediction(
             lat=best.candidate.lat,
             lon=best.candidate.lon,
@@ -275,6 +283,7 @@ class G3:
             warnings=warnings,
             mode=self.config.pipeline.mode,
             note=self.config.note,
+            degradations=degradations,
         )
 
     def __enter__(self) -> G3:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class RankedCandidate(BaseModel):
@@ -43,11 +43,26 @@ class LMMUsage(BaseModel):
     completion_tokens: int = 0
 
 
+class Degradation(BaseModel):
+    """Why a prediction is not what its configuration promises (see `g3.agent.degradation` for the codes).
+
+    ``reason`` is a stable code (``"lmm_unreachable"``, ``"lmm_timeout"``, ``"lmm_error"``,
+    ``"prompts_failed"``, ``"no_parseable_answer"``); ``message`` is a sentence naming the prompt(s), the
+    error and the LMM's URL or model.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    message: str
+
+
 class GeoPrediction(BaseModel):
     """The location of one photo. ``lat``/``lon`` in degrees; ``score`` is the chosen candidate's fused score.
 
     ``candidates`` are ranked best first (the answer is rank 0). ``warnings`` say when a step degraded
-    (an LMM that failed or timed out, no parseable answer, …); ``timings`` are seconds per step.
+    (an LMM that failed or timed out, no parseable answer, …); ``degradations`` (and ``degraded``) say
+    whether and why the answer is not what the configuration promises; ``timings`` are seconds per step.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -66,6 +81,15 @@ class GeoPrediction(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     mode: str = "full"
     note: str | None = None
+    degradations: list[Degradation] = Field(
+        default_factory=list, description="why the answer is not what the configuration promises (empty: it is)"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def degraded(self) -> bool:
+        """True when a step the configuration asks for did not deliver (e.g. the LMM failed: retrieval only)."""
+        return bool(self.degradations)
 
     @property
     def place(self) -> str:
