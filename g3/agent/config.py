@@ -4,7 +4,14 @@ A YAML file may start from another with ``extends: other.yaml`` (relative to the
 merged key by key, the extending file winning — e.g. each evaluation baseline is a few lines over
 ``configs/paper.yaml``.
 
-Paths are taken as written (relative paths are relative to the working directory). A value of the form
+Relative paths in a file are relative to that file, like ``extends:``, so a configuration works from any
+working folder (``g3 locate -c /abs/my.yaml``). This applies to the settings that name files or folders
+(`PATH_SETTINGS`: aligner, index, gallery, cache_dir, lmm.model, ensemble.prompt_dir), each resolved against
+the file that sets it (a base file's paths against the base file). Since some of these also take names (a
+hub id such as ``Qwen/Qwen2.5-VL-7B-Instruct``, ``gallery: geoclip``), a relative value is taken as a path
+beside the file when it starts with ``./`` or ``../`` or when it exists there; any other value stays as
+written (a name, a URI, an absolute path, or a path relative to the working folder, where it was looked
+up before). Values given as a mapping or a `G3Config` are taken as written. A value of the form
 ``tiny://NAME`` names an offline asset that g3 builds on first use in the cache folder (see
 `g3.agent.tiny`): it makes ``configs/tiny.yaml`` run anywhere with no download, with meaningless answers.
 Secrets are never read from the file: the API key of an OpenAI-compatible server comes from the
@@ -13,6 +20,7 @@ environment variable named by ``lmm.api_key_env``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,6 +186,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
+    _resolve_paths(data, path.parent)
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
@@ -185,6 +194,32 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_path in seen:
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+#: Settings that name a file or folder: their relative values are resolved against the configuration file.
+PATH_SETTINGS = ("aligner", "index", "gallery", "cache_dir", "lmm.model", "ensemble.prompt_dir")
+
+
+def relative_to_file(value: str, folder: Path) -> str:
+    """``value`` of a path setting read from a file in ``folder``: ``folder/value`` when ``value`` is a
+    relative path starting with ``./`` or ``../`` or naming something that exists there, else ``value``
+    unchanged (a hub id, a name, a URI, an absolute path, or a path relative to the working folder)."""
+    if not value or "://" in value or value.startswith("~") or Path(value).is_absolute():
+        return value
+    beside = Path(os.path.normpath(folder.absolute() / value))
+    explicit = value in (".", "..") or value.startswith(("./", "../", ".\\", "..\\"))
+    return str(beside) if explicit or beside.exists() else value
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Resolve, in place, the `PATH_SETTINGS` that ``data`` (one file's own mapping) sets."""
+    for dotted in PATH_SETTINGS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = relative_to_file(node[leaf], folder)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -126,23 +126,15 @@ class G3:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> G3:
         """Load a bundle: ``folder/g3.yaml`` whose relative paths (aligner, index, gallery, LMM model,
-        prompt folder) point inside ``folder`` — a self-contained, movable G3 setup."""
+        prompt folder) point inside ``folder`` — a self-contained, movable G3 setup (a configuration file's
+        relative paths are relative to the file: see `g3.agent.config`)."""
         from g3.agent.config import ConfigError
 
         root = Path(folder)
         path = root / BUNDLE_CONFIG
         if not path.is_file():
             raise ConfigError(f"{root} is not a g3 bundle: {BUNDLE_CONFIG} is missing")
-        data = G3Config.load(path).model_dump(mode="json")
-
-        def inside(value: str | None) -> str | None:
-            return str(root / value) if value and not Path(value).is_absolute() and (root / value).exists() else value
-
-        for key in ("aligner", "index", "gallery"):
-            data[key] = inside(data[key])
-        data["lmm"]["model"] = inside(data["lmm"]["model"])
-        data["ensemble"]["prompt_dir"] = inside(data["ensemble"]["prompt_dir"])
-        return cls.from_config(data)
+        return cls.from_config(path)
 
     # -- locating -----------------------------------------------------------------------------------
 
