@@ -81,7 +81,10 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", help="YAML with `train:` (and `aligner:`).")] = None,
     clip: Annotated[str | None, typer.Option("--clip", help="CLIP hub id or local folder.")] = None,
     init: Annotated[
-        Path | None, typer.Option("--init", help="Start from this aligner checkpoint instead of fresh heads.")
+        str | None,
+        typer.Option(
+            "--init", help="Start from this aligner checkpoint instead of fresh heads (a folder or tiny://aligner)."
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
@@ -149,7 +152,7 @@ def train(
         }
     train_config = TrainConfig.model_validate({**train_data, **overrides})
     if init is not None:
-        aligner = GeoAligner.from_pretrained(str(init), clip_source=clip)
+        aligner = GeoAligner.from_pretrained(str(_checkpoint(init)), clip_source=clip)
     else:
         aligner = GeoAligner.from_clip(AlignerConfig.model_validate(aligner_data), seed=train_config.seed)
     data = _load_corpus(corpus_options)
@@ -184,14 +187,15 @@ def aligner_convert(
 
 
 @aligner_app.command("info")
-def aligner_info(checkpoint: Annotated[Path, typer.Argument(help="A g3 aligner checkpoint folder.")]) -> None:
+def aligner_info(checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP + ".")]) -> None:
     """Print a checkpoint's configuration and the size of its weights, without loading CLIP."""
     from safetensors import safe_open
 
     from g3.models.checkpoint import WEIGHTS_FILE, read_checkpoint_config
 
-    meta = read_checkpoint_config(checkpoint)
-    with safe_open(str(checkpoint / WEIGHTS_FILE), framework="pt") as fh:
+    folder = _checkpoint(checkpoint)
+    meta = read_checkpoint_config(folder)
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
         meta["trained_parameters"] = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118
     typer.echo(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -218,6 +222,20 @@ def corpus_check(
     typer.echo(data.report.summary())
     if report is not None:
         data.report.save(report)
+
+
+#: Help of every option that takes an aligner checkpoint.
+CHECKPOINT_HELP = "g3 aligner checkpoint folder, or tiny://aligner (the offline tiny one, built on first use)"
+
+
+def _checkpoint(value: str) -> Path:
+    """The folder of an aligner checkpoint option: a path, or ``tiny://aligner`` (as in configurations)."""
+    from g3.agent import tiny
+
+    try:
+        return Path(tiny.resolve(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def _device(name: str) -> str:
@@ -251,7 +269,7 @@ def _ray_options(ray: bool, address: str | None, workers: int | None, cpus: floa
 def index_build(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus CSV (IMG_ID, LAT, LON, optional address).")],
     images: Annotated[Path, typer.Option("--images", help="Image folder or tar of the corpus.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="g3 aligner checkpoint folder.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help=CHECKPOINT_HELP + ".")],
     out: Annotated[Path, typer.Option("--out", help="Index folder to write, e.g. indices/mp16.")],
     kind: Annotated[str, typer.Option(help="FAISS factory string: Flat (exact, G3), IVF4096,PQ64, HNSW32.")] = "Flat",
     batch_size: Annotated[int, typer.Option(help="Images per encoding batch.")] = 256,
@@ -314,9 +332,10 @@ def index_build(
     if options is not None:
         from g3.index.distributed import build_index_ray
 
-        index = build_index_ray(checkpoint, data, out, config, options=options, restart=restart, progress=progress)
+        index = build_index_ray(_checkpoint(checkpoint), data, out, config, options=options, restart=restart,
+                                progress=progress)  # fmt: skip
     else:
-        aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+        aligner = GeoAligner.from_pretrained(str(_checkpoint(checkpoint))).to(_device(device))
         index = build_index(aligner, data, out, config, restart=restart, progress=progress)
     typer.echo(f"wrote {out}: {len(index)} rows, kind {index.kind}")
 
@@ -329,14 +348,14 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
     typer.echo(json.dumps(read_manifest(index).model_dump(mode="json"), indent=2, sort_keys=True))
 
 
-def _encode_photos(checkpoint: Path, device: str, images: list[Path]) -> tuple[Any, Any]:
+def _encode_photos(checkpoint: str, device: str, images: list[Path]) -> tuple[Any, Any]:
     """Load an aligner checkpoint on ``device`` and embed the photos: ``(aligner, ImageEmbeddings)``."""
     import torch
 
     from g3.data import decode_image
     from g3.models import GeoAligner
 
-    aligner = GeoAligner.from_pretrained(str(checkpoint)).to(_device(device))
+    aligner = GeoAligner.from_pretrained(str(_checkpoint(checkpoint))).to(_device(device))
     with torch.inference_mode():
         views = aligner.encode_image([decode_image(p.read_bytes(), str(p)) for p in images])
     return aligner, views
@@ -346,7 +365,9 @@ def _encode_photos(checkpoint: Path, device: str, images: list[Path]) -> tuple[A
 def index_search(
     index: Annotated[Path, typer.Argument(help="Index folder.")],
     images: Annotated[list[Path], typer.Argument(help="Query photos.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The aligner the index was built with.")],
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="The aligner the index was built with: " + CHECKPOINT_HELP + ".")
+    ],
     k: Annotated[int, typer.Option("-k", help="Similar neighbours per photo.")] = 5,
     dissimilar: Annotated[int, typer.Option(help="Dissimilar neighbours per photo.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -379,7 +400,7 @@ def index_search(
 def index_gallery(
     source: Annotated[str, typer.Argument(help="'geoclip' (GeoCLIP's 100K gallery) or a CSV of coordinates.")],
     images: Annotated[list[Path], typer.Argument(help="Query photos.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="g3 aligner checkpoint folder.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help=CHECKPOINT_HELP + ".")],
     k: Annotated[int, typer.Option("-k", help="Gallery points per photo.")] = 5,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
