@@ -504,6 +504,19 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 past it).")] = 300.0,
     max_body_mb: Annotated[float, typer.Option(help="Request body limit (413 past it).")] = 32.0,
     max_image_mb: Annotated[float, typer.Option(help="Image size limit (413 past it).")] = 20.0,
+    map_tiles: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL_TEMPLATE",
+            help="Tile server for the web page's map, e.g. 'https://tile.example/{z}/{x}/{y}.png' (Leaflet syntax; "
+            "{s} subdomains, {r}): zooms to street level around each candidate. Default: the offline Natural Earth "
+            "outlines only.",
+        ),
+    ] = None,
+    map_attribution: Annotated[
+        str, typer.Option(help="Credit line the map shows for the tiles (most tile providers require one).")
+    ] = "",
+    map_max_zoom: Annotated[int, typer.Option(help="Deepest zoom level the tile server has.")] = 19,
 ) -> None:
     """Serve G3 behind an OpenAI-compatible API (POST /v1/chat/completions with an image_url part).
 
@@ -529,7 +542,15 @@ def serve(
         request_timeout_s=timeout,
         max_body_bytes=int(max_body_mb * 2**20),
         max_image_bytes=int(max_image_mb * 2**20),
+        map_tiles=map_tiles,
+        map_attribution=map_attribution,
+        map_max_zoom=map_max_zoom,
     )
+    if map_tiles and not map_attribution:
+        logging.getLogger(__name__).warning(
+            "--map-tiles without --map-attribution: the map credits the tile host by name only; most tile "
+            "providers require their own credit line"
+        )
     with G3.from_config(config) as g3:
         logging.getLogger(__name__).info(
             "serving %s on http://%s:%d/v1 (API keys %s); web page at http://%s:%d/", model_id, host, port,

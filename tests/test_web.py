@@ -164,6 +164,12 @@ def wait_until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def map_centre(page: Any, map_id: str) -> tuple[float, float]:
+    """The centre of a page map (its container's data-lat/data-lon, kept by map.js)."""
+    box = page.locator(f"#{map_id}")
+    return float(box.get_attribute("data-lat")), float(box.get_attribute("data-lon"))
+
+
 def shot(page: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name
@@ -227,21 +233,22 @@ def test_one_photo_steps_map_table_and_evidence(site: Site, browser: Any) -> Non
     first = rows.nth(0).locator("td").all_inner_texts()
     assert first[1] == f"{expected.lat:.5f}" and first[3].strip() == expected.source
 
-    # the map: the answer, every candidate coloured by source, every neighbour
-    svg = page.locator("#map svg")
-    assert svg.locator(".prediction").count() == 1
-    assert svg.locator("circle.candidate").count() == len(expected.candidates)
+    # the map (Leaflet): the answer, every candidate coloured by source, every neighbour
+    drawn = page.locator("#map")
+    assert drawn.get_attribute("data-tiles") == "off" and drawn.locator(".leaflet-tile-pane img").count() == 0
+    assert drawn.locator(".prediction").count() == 1
+    assert drawn.locator("path.candidate").count() == len(expected.candidates)
     assert {c.source for c in expected.candidates} == set(
-        svg.locator("circle.candidate").evaluate_all("cs => cs.map(c => c.dataset.source)")
+        drawn.locator("path.candidate").evaluate_all("cs => cs.map(c => c.dataset.source)")
     )
-    fills = svg.locator("circle.candidate").evaluate_all(
+    fills = drawn.locator("path.candidate").evaluate_all(
         "cs => cs.map(c => [c.dataset.source, c.getAttribute('fill')])"
     )
     assert len({s for s, _ in fills}) == len({f for _, f in fills})  # one colour per source
-    radii = svg.locator("circle.candidate").evaluate_all("cs => cs.map(c => +c.getAttribute('r'))")
+    radii = drawn.locator("path.candidate").evaluate_all("cs => cs.map(c => c.getBoundingClientRect().width)")
     assert max(radii) > min(radii)  # sized by score
-    assert svg.locator("rect.neighbour.similar").count() == len(expected.similar)
-    assert svg.locator("rect.neighbour.dissimilar").count() == len(expected.dissimilar)
+    assert drawn.locator(".neighbour.similar").count() == len(expected.similar)
+    assert drawn.locator(".neighbour.dissimilar").count() == len(expected.dissimilar)
     legend = page.locator("#legend").inner_text()
     assert all(c.source in legend for c in expected.candidates) and "Answer" in legend
 
@@ -266,9 +273,20 @@ def test_one_photo_steps_map_table_and_evidence(site: Site, browser: Any) -> Non
     shot(page, "web-single.png")
 
     # zoom to the candidates and back, from the keyboard
+    world = float(drawn.get_attribute("data-zoom"))
     page.focus(".map-tools [data-view=fit]")
     page.keyboard.press("Enter")
-    assert page.locator("#map svg").get_attribute("viewBox") != "0 0 360 180"
+    wait_until(page, f"+document.getElementById('map').dataset.zoom > {world}")
+    page.focus(".map-tools [data-view=world]")
+    page.keyboard.press("Enter")
+    wait_until(page, f"+document.getElementById('map').dataset.zoom === {world}")
+
+    # a candidate's row centres the map on it; without tiles, at region level (the outlines say no more)
+    last = expected.candidates[-1]
+    rows.nth(len(expected.candidates) - 1).click()
+    wait_until(page, "+document.getElementById('map').dataset.zoom === 5")
+    assert map_centre(page, "map") == pytest.approx((last.lat, last.lon), abs=1e-3)
+    assert rows.nth(len(expected.candidates) - 1).get_attribute("aria-current") == "true"
     page.context.close()
 
 
@@ -303,16 +321,90 @@ def test_keyboard_reaches_the_file_picker(site: Site, browser: Any) -> None:
     page.context.close()
 
 
-def test_an_invalid_file_shows_a_readable_error(site: Site, browser: Any) -> None:
-    page, _, _ = open_page(browser, site.url)
-    give_file(page, "drop", b"this is a text file, not a photo\n", "holiday.jpg")  # dropped on the page
-    error = page.locator("#error")
+API_WORDING = ("data: URL", "base64", "payload", "PIL", "{", "Traceback", "HTTP 4")
+
+
+def visible_problems(page: Any) -> list[str]:
+    """Photos shown broken and maps shown empty: what a failed upload must not leave on the page."""
+    return page.evaluate(
+        """() => {
+            const shown = (el) => !!el && el.offsetParent !== null;
+            const out = [];
+            for (const img of document.querySelectorAll('img'))
+                if (shown(img) && !(img.complete && img.naturalWidth > 0)) out.push('broken image ' + img.id);
+            for (const id of ['map', 'batch-map'])
+                if (shown(document.getElementById(id)) && !document.querySelector('#' + id + ' .prediction'))
+                    out.push('empty map #' + id);
+            return out;
+        }"""
+    )
+
+
+def test_failed_uploads_read_as_sentences(site: Site, browser: Any, tmp_path: Path) -> None:
+    page, _, problems = open_page(browser, site.url)
+    error = page.locator("#error .error-text")
+    # a text file named .jpg, dropped on the page: the server refuses it (invalid_image)
+    give_file(page, "drop", b"this is a text file, not a photo\n", "holiday.jpg")
     error.wait_for(state="visible", timeout=20_000)
     text = error.inner_text()
-    assert "holiday.jpg" in text and "image" in text.lower()
-    assert "{" not in text and "Traceback" not in text
-    assert page.locator("#answer .coords").count() == 0
+    assert text.startswith("“holiday.jpg” is not a photo this server can read") and "Choose a photo file" in text
+    assert not any(w in text for w in API_WORDING), text
+    assert "invalid_image" in page.locator("#error .error-details").text_content()  # the server's words, folded
+    assert page.locator("#error .error-details").get_attribute("open") is None
+    assert page.locator("#single").is_hidden() and visible_problems(page) == []
+
+    # an empty file: refused by the page itself, before any request
+    give_file(page, "paste", b"", "empty.jpg")
+    wait_until(page, "document.querySelector('#error .error-text').textContent.includes('empty.jpg')")
+    text = error.inner_text()
+    assert text == "“empty.jpg” is empty (0 bytes). Choose a photo file.", text
+    assert page.locator("#single").is_hidden() and visible_problems(page) == []
+
+    # a file that is no image by its type
+    give_file(page, "drop", b"%PDF-1.4\n", "scan.pdf", kind="application/pdf")
+    wait_until(page, "document.querySelector('#error .error-text').textContent.includes('scan.pdf')")
+    assert "is not an image file (application/pdf)" in error.inner_text()
+    assert page.locator("#single").is_hidden() and visible_problems(page) == []
+
+    # in a batch at 1280 px: failed rows say the same sentences; the table fits, long names and all
+    long_name = tmp_path / ("a-very-long-file-name-from-a-phone-camera-roll-" * 3 + ".jpg")
+    shutil.copyfile(site.photos[1], long_name)
+    empty, text_file = tmp_path / "empty.jpg", tmp_path / "notes.jpg"
+    empty.write_bytes(b"")
+    text_file.write_text("not a photo\n")
+    page.set_input_files("#file-input", [str(site.photos[2]), str(empty), str(text_file), str(long_name)])
+    page.wait_for_selector("#batch[data-state=done]", timeout=60_000)
+    failed = page.locator("#batch-table tbody tr[data-status=error] .status-cell").all_inner_texts()
+    assert failed == [
+        "“empty.jpg” is empty (0 bytes). Choose a photo file.",
+        "“notes.jpg” is not a photo this server can read: its contents are not a JPEG, PNG, WebP, GIF, TIFF or BMP "
+        "image. Choose a photo file.",
+    ]
+    assert page.locator("#batch-table tbody tr[data-status=done]").count() == 2
+    assert visible_problems(page) == []  # the failed rows show no broken thumbnail
+    assert_batch_table_fits(page)
+    assert not problems, problems
     page.context.close()
+
+
+def assert_batch_table_fits(page: Any) -> None:
+    """No horizontal scrolling of the batch table or the page; the last columns lie inside the viewport."""
+    sizes = page.evaluate(
+        """() => {
+            const wrap = document.querySelector('#batch .table-wrap');
+            return {scroll: wrap.scrollWidth, client: wrap.clientWidth, page: document.documentElement.scrollWidth,
+                    width: window.innerWidth};
+        }"""
+    )
+    assert sizes["scroll"] <= sizes["client"] and sizes["page"] <= sizes["width"], sizes
+    heads = page.locator("#batch-table thead th")
+    for i, name in ((6, "Score"), (7, "Source"), (8, "Details")):
+        assert heads.nth(i).text_content().strip() == name
+        box = heads.nth(i).bounding_box()
+        assert box is not None and box["width"] > 0 and box["x"] + box["width"] <= sizes["width"], (name, box)
+    for button in page.locator("#batch-table tbody tr button").all():
+        box = button.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= sizes["width"]
 
 
 def test_batch_of_five(site: Site, browser: Any, tmp_path: Path) -> None:
@@ -322,7 +414,8 @@ def test_batch_of_five(site: Site, browser: Any, tmp_path: Path) -> None:
     page.set_input_files("#file-input", [str(p) for p in photos])
     page.wait_for_selector("#batch[data-state=done]", timeout=60_000)
     assert page.locator("#batch-table tbody tr[data-status=done]").count() == 5
-    assert page.locator("#batch-map svg .prediction").count() == 5
+    assert_batch_table_fits(page)  # 1280 px wide: Score, Source and Details in view
+    assert page.locator("#batch-map .prediction").count() == 5
     assert site.max_in_flight == 2  # bounded concurrency: two photos at a time
 
     with page.expect_download() as download:
@@ -372,7 +465,7 @@ def test_the_page_asks_for_the_api_key(parts: tuple[GeoAligner, GeoIndex, Path, 
         assert KEY not in page.content()
         page.set_input_files("#file-input", str(PHOTOS / sorted(p.name for p in root.glob("*@*.jpg"))[1]))
         page.wait_for_selector("#single[data-state=done]", timeout=30_000)
-        assert page.locator("#map svg .prediction").count() == 1
+        assert page.locator("#map .prediction").count() == 1
         wait_until(page, "document.querySelectorAll('#neighbours img.thumb-img').length >= 1")
         page.context.close()
 
@@ -419,7 +512,12 @@ def test_image_route_serves_the_root_only(site: Site) -> None:
     assert status == 200 and kind == "image/jpeg" and body == (site.root / name).read_bytes()
     status, kind, body = raw_get(site.url, "/static/countries-110m.json")
     assert status == 200 and kind.startswith("application/json") and json.loads(body)["type"] == "Topology"
+    status, kind, body = raw_get(site.url, "/static/vendor/leaflet/leaflet.js")
+    assert status == 200 and kind.startswith("text/javascript") and b"Leaflet 1.9.4" in body[:300]
+    status, kind, body = raw_get(site.url, "/static/page-config.json")
+    assert status == 200 and json.loads(body) == {"map": {"tiles": None, "attribution": "", "maxZoom": 19}}
     assert raw_get(site.url, "/static/..%2Fweb.py")[0] == 404
+    assert raw_get(site.url, "/static/vendor/..%2F..%2Fweb.py")[0] == 404
     assert raw_get(site.url, "/static/nothing.js")[0] == 404
     page = httpx.get(f"{site.url}/")
     assert page.headers["content-type"].startswith("text/html") and "content-security-policy" in page.headers
@@ -437,8 +535,110 @@ def test_phone_screen_has_no_horizontal_overflow(site: Site, browser: Any) -> No
     wait_until(page, "document.querySelectorAll('#neighbours img.thumb-img').length >= 3")
     width = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
     assert max(width[:2]) <= width[2], width
-    box = page.locator("#map svg").bounding_box()
-    assert box is not None and 300 < box["width"] <= 390
+    box = page.locator("#map").bounding_box()
+    assert box is not None and 300 < box["width"] <= 390 and box["height"] >= 200
     assert not problems, problems
     shot(page, "web-phone.png")
     page.context.close()
+
+
+class TileServer:
+    """A tile server on 127.0.0.1 that draws each 256 px PNG tile it is asked for, counting requests by zoom."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: dict[int, int] = {}
+        tiles = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").removesuffix(".png").split("/")
+                if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
+                    self.send_error(404)
+                    return
+                z, x, y = (int(p) for p in parts)
+                with lock:
+                    tiles.requests[z] = tiles.requests.get(z, 0) + 1
+                body = tile_png(z, x, y)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tile_png(z: int, x: int, y: int) -> bytes:
+    """A tile whose colour depends on its zoom and position, with a border (so that tiles are seen apart)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), ((40 * z) % 256, (x * 37) % 256, (y * 59) % 256))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 255, 255), outline=(255, 255, 255), width=2)
+    draw.text((10, 10), f"{z}/{x}/{y}", fill=(255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_map_tiles_from_a_tile_server_zoom_to_a_candidate(
+    parts: tuple[GeoAligner, GeoIndex, Path, Path], browser: Any
+) -> None:
+    aligner, index, root, _ = parts
+    with TileServer() as tiles:
+        settings = ServeSettings(
+            image_root=root, map_tiles=tiles.url + "/{z}/{x}/{y}.png", map_attribution="Test tiles <b>©</b>"
+        )
+        with serving(make_g3((aligner, index), ScriptedLMM()), settings) as (url, _):
+            page, response, problems = open_page(browser, url)
+            csp = response.headers["content-security-policy"]
+            assert f"img-src 'self' data: blob: {tiles.url};" in csp and "connect-src 'self';" in csp
+            drawn = page.locator("#map")
+            assert drawn.get_attribute("data-tiles") == "on"
+
+            page.set_input_files("#file-input", str(PHOTOS / sorted(p.name for p in root.glob("*@*.jpg"))[2]))
+            page.wait_for_selector("#single[data-state=done]", timeout=30_000)
+            # the world view's tiles came from the tile server and were drawn
+            wait_until(page, "+(document.getElementById('map').dataset.tilesLoaded || 0) >= 2")
+            loaded = drawn.locator(".leaflet-tile-pane img.leaflet-tile-loaded").evaluate_all(
+                "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.src])"
+            )
+            assert loaded and all(ok and width == 256 and src.startswith(tiles.url) for ok, width, src in loaded)
+            assert sum(tiles.requests.values()) >= len({src for _, _, src in loaded})
+            credit = page.locator("#map .leaflet-control-attribution").inner_text()
+            assert "Test tiles <b>©</b>" in credit and "Natural Earth" in credit  # shown as text, not markup
+
+            # a candidate's row: street level, centred on that candidate, with the tiles of that zoom
+            rows = page.locator("#candidates tbody tr")
+            assert rows.count() >= 2
+            row = rows.nth(1)
+            lat, lon = float(row.get_attribute("data-lat")), float(row.get_attribute("data-lon"))
+            row.locator("button").click()
+            wait_until(page, "+document.getElementById('map').dataset.zoom >= 15")
+            assert map_centre(page, "map") == pytest.approx((lat, lon), abs=1e-4)
+            wait_until(page, "[...document.querySelectorAll('#map .leaflet-tile-pane img')].some("
+                       "i => i.src.includes('/16/') && i.complete && i.naturalWidth === 256)")  # fmt: skip
+            assert tiles.requests.get(16, 0) >= 1
+            spot = page.locator("#map path.candidate").evaluate_all(
+                f"ps => ps.filter(p => +p.dataset.lat === {lat} && +p.dataset.lon === {lon}).length"
+            )
+            assert spot >= 1
+            assert not problems, problems  # no CSP violation: the tiles' origin is allowed, nothing else
+            shot(page, "web-tiles.png")
+            page.context.close()

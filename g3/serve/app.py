@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,9 +31,10 @@ from g3.errors import G3Error, ImageTooLargeError, InvalidImageError
 from g3.serve.admission import Admission
 from g3.serve.errors import APIError, error_body, error_response
 from g3.serve.fetch import FetchError, FetchPolicy, fetch_image
+from g3.serve.map_tiles import tile_origin
 from g3.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, Health, ModelCard, ModelList
 from g3.serve.responses import chunk, completion, content_chunks, final_chunks, new_id, step_data
-from g3.serve.web import mount_web
+from g3.serve.web import MapSettings, mount_web
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,23 @@ class ServeSettings(BaseModel):
     file_root: Path | None = None
     allow_private_networks: bool = False
     image_root: Path | None = Field(default=None, description="folder of the index's images (web thumbnails)")
+    map_tiles: str | None = Field(
+        default=None,
+        description="tile URL template of the web page's map, e.g. https://tile.example/{z}/{x}/{y}.png "
+        "(None: the offline Natural Earth outlines only)",
+    )
+    map_attribution: str = Field(default="", max_length=500, description="credit line for the tiles (plain text)")
+    map_max_zoom: int = Field(default=19, ge=1, le=24, description="deepest zoom the tile server has")
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _check_map_tiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            tile_origin(value)  # raises ValueError naming what is wrong
+        return value
+
+    def map_settings(self) -> MapSettings:
+        return MapSettings(tiles=self.map_tiles, attribution=self.map_attribution, max_zoom=self.map_max_zoom)
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(
@@ -216,7 +234,8 @@ def create_app(g3: G3, settings: ServeSettings | None = None) -> FastAPI:
         return completion(prediction, body, request_id, model=settings.model_id)
 
     app.include_router(v1)
-    mount_web(app, image_root=settings.image_root, max_image_bytes=settings.max_image_bytes, auth=check_key)
+    mount_web(app, image_root=settings.image_root, max_image_bytes=settings.max_image_bytes, auth=check_key,
+              map_settings=settings.map_settings())  # fmt: skip
     return app
 
 

@@ -1,10 +1,12 @@
 """The web page of ``g3 serve``: ``GET /``, its static files, and thumbnails of the index's images.
 
-* ``GET /`` and ``GET /static/{name}`` serve the page shipped in ``g3/serve/static/`` (plain HTML, CSS and
-  JavaScript; no CDN, no build step) and the world map ``g3/assets/countries-110m.json`` as
-  ``/static/countries-110m.json``. They need no API key (they hold no secrets; the page asks for the key
-  and sends it to the API), and carry a strict content-security policy: scripts, styles and connections
-  from this server only, no inline script.
+* ``GET /`` and ``GET /static/{path}`` serve the page shipped in ``g3/serve/static/`` (plain HTML, CSS and
+  JavaScript, Leaflet vendored in ``static/vendor/leaflet/``; no CDN, no build step), the world map
+  ``g3/assets/countries-110m.json`` as ``/static/countries-110m.json`` and the page's settings as
+  ``/static/page-config.json`` (``{"map": {"tiles", "attribution", "maxZoom"}}``, from ``g3 serve --map-tiles``).
+  They need no API key (they hold no secrets; the page asks for the key and sends it to the API), and carry
+  a strict content-security policy: scripts, styles and connections from this server only, no inline
+  script; images from this server, plus the tile server's origin when tiles are configured.
 * ``GET /v1/g3/images/{path}`` serves an image of the index from ``ServeSettings.image_root`` (``g3 serve
   --image-root``), by IMG_ID (``a/b.jpg`` is looked up as ``a_b.jpg``, then as ``a/b.jpg``, the way
   `g3.data.images.FolderImageStore` names images). Like every ``/v1`` route it needs the API key when
@@ -17,19 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from g3.data.images import image_file_name
 from g3.serve.errors import APIError
+from g3.serve.map_tiles import tile_origin
 
-#: Where the page's files live (flat: package-data ``static/*``).
+#: Where the page's files live (package-data ``static/*`` and its subfolders).
 STATIC_DIR = Path(__file__).with_name("static")
 
 #: Content-Security-Policy of the page and its files: everything from this server, no inline script.
@@ -38,7 +43,6 @@ PAGE_CSP = (
     "manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 PAGE_HEADERS = {
-    "Content-Security-Policy": PAGE_CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -74,26 +78,61 @@ class _File:
     etag: str
 
 
-def _load(path: Path) -> _File:
-    body = path.read_bytes()
-    media_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+def _file(body: bytes, media_type: str) -> _File:
     return _File(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 
-def static_files() -> dict[str, _File]:
-    """The page's files by name (``index.html``, ``app.js``, …) plus the world map ``countries-110m.json``."""
-    files = {p.name: _load(p) for p in sorted(STATIC_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")}
+def _load(path: Path) -> _File:
+    return _file(path.read_bytes(), _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """What the page's map draws on: the offline outlines only, or tiles from ``tiles`` (a Leaflet URL
+    template, checked by `g3.serve.map_tiles.tile_origin`) on top of them."""
+
+    tiles: str | None = None
+    attribution: str = ""
+    max_zoom: int = 19
+
+    def csp(self) -> str:
+        """The page's content-security policy: `PAGE_CSP`, letting images come from the tile server too."""
+        if self.tiles is None:
+            return PAGE_CSP
+        return PAGE_CSP.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {tile_origin(self.tiles)}")
+
+    def config(self) -> bytes:
+        """``/static/page-config.json``: how the page sets up its map (the CSP forbids inline settings)."""
+        attribution = self.attribution or (f"Tiles: {urlsplit(self.tiles).hostname}" if self.tiles else "")
+        body = {"map": {"tiles": self.tiles, "attribution": attribution, "maxZoom": self.max_zoom}}
+        return json.dumps(body, ensure_ascii=False).encode()
+
+
+def static_files(map_settings: MapSettings | None = None) -> dict[str, _File]:
+    """The page's files by path under ``static/`` (``index.html``, ``vendor/leaflet/leaflet.js``, …), plus
+    the world map ``countries-110m.json`` and the page's settings ``page-config.json``."""
+    files = {
+        p.relative_to(STATIC_DIR).as_posix(): _load(p)
+        for p in sorted(STATIC_DIR.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(STATIC_DIR).parts)
+    }
     world = Path(str(resources.files("g3.assets").joinpath("countries-110m.json")))
     files["countries-110m.json"] = _load(world)
+    files["page-config.json"] = _file((map_settings or MapSettings()).config(), "application/json")
     return files
 
 
-def mount_web(app: FastAPI, *, image_root: Path | None, max_image_bytes: int, auth: Callable[[Request], None]) -> None:
+def mount_web(
+    app: FastAPI, *, image_root: Path | None, max_image_bytes: int, auth: Callable[[Request], None],
+    map_settings: MapSettings | None = None,
+) -> None:  # fmt: skip
     """Add the page (``/``, ``/static/…``, no auth) and ``/v1/g3/images/{path}`` (with ``auth``) to ``app``."""
-    files = static_files()
+    map_settings = map_settings or MapSettings()
+    files = static_files(map_settings)
+    page_headers = {**PAGE_HEADERS, "Content-Security-Policy": map_settings.csp()}
 
     def send(file: _File, request: Request) -> Response:
-        headers = {**PAGE_HEADERS, "ETag": file.etag}
+        headers = {**page_headers, "ETag": file.etag}
         if request.headers.get("if-none-match") == file.etag:
             return Response(status_code=304, headers=headers)
         if request.method == "HEAD":
@@ -107,7 +146,7 @@ def mount_web(app: FastAPI, *, image_root: Path | None, max_image_bytes: int, au
     async def index(request: Request) -> Response:
         return send(files["index.html"], request)
 
-    @page.api_route("/static/{name}", methods=["GET", "HEAD"])
+    @page.api_route("/static/{name:path}", methods=["GET", "HEAD"])
     async def static(name: str, request: Request) -> Response:
         file = files.get(name)
         if file is None:

@@ -67,13 +67,21 @@
     return ["city", "state", "country"].map((k) => p.address[k]).filter(Boolean).join(", ");
   };
 
+  const isDegraded = (p) => !!(p && (p.degraded || (p.degradations && p.degradations.length)));
+  const degradations = (p) => (p && p.degradations) || [];
+
   function setStatus(text) {
     $("status").textContent = text;
   }
 
-  function showError(text) {
+  /** Show `text` (a sentence for people); `details` (the server's own words, for its operator) fold out. */
+  function showError(text, details) {
     const box = $("error");
-    box.textContent = text;
+    const parts = text ? [h("p", { class: "error-text", text })] : [];
+    if (text && details) {
+      parts.push(h("details", { class: "error-details" }, h("summary", { text: "Technical details" }), h("code", { text: details })));
+    }
+    box.replaceChildren(...parts);
     box.hidden = !text;
   }
 
@@ -149,13 +157,72 @@
     }
   }
 
+  // --- errors in words for people ------------------------------------------------------------------
+
+  /** A sentence saying what went wrong with photo `name` and what to do; the API's message is for clients. */
+  function humanError(err, name) {
+    const q = "“" + name + "”";
+    switch (err.code) {
+      case "empty_file":
+        return q + " is empty (0 bytes). Choose a photo file.";
+      case "not_an_image_file":
+        return q + " is not an image file (" + err.message + "). Choose a JPEG, PNG or WebP photo.";
+      case "unreadable_file":
+        return q + " could not be read by the browser. Choose the photo again.";
+      case "bad_data_url":
+      case "invalid_image":
+        return q + " is not a photo this server can read: its contents are not a JPEG, PNG, WebP, GIF, TIFF or BMP image. Choose a photo file.";
+      case "image_too_large":
+      case "body_too_large":
+        return q + " is too large for this server. Choose a smaller photo, or ask the server's operator to raise --max-image-mb.";
+      case "timeout":
+        return "Locating " + q + " took longer than this server allows. Try again, or ask the server's operator to raise --timeout.";
+      case "queue_full":
+        return "The server is busy with other photos. Try " + q + " again in a minute.";
+      case "shutting_down":
+        return "The server is shutting down. Try " + q + " again when it is back.";
+      case "invalid_api_key":
+        return "This server needs a valid API key: enter it under API key at the top, then choose " + q + " again.";
+      case "network":
+        return "The connection to the g3 server broke while locating " + q + ". Is the server still running?";
+      case "pipeline_error":
+        return "The server could not locate " + q + ": " + err.message;
+      case "internal_error":
+        return "The server hit an internal error while locating " + q + "; its log says more.";
+      default:
+        return "Could not locate " + q + ". The server said: " + err.message;
+    }
+  }
+
+  /** The server's own words (message and code), shown folded for whoever runs it. */
+  function technical(err) {
+    return (err.message || String(err)) + (err.code ? " (" + err.code + (err.status ? ", HTTP " + err.status : "") + ")" : "");
+  }
+
+  /** A file the page refuses before sending it: empty, or not an image by its type. */
+  function refusal(file) {
+    if (!file.size) return new ApiError("the file has 0 bytes", 0, "empty_file");
+    if (!file.type || !file.type.startsWith("image/")) return new ApiError(file.type || "unknown type", 0, "not_an_image_file");
+    return null;
+  }
+
+  /** Whether the browser can show `dataUrl` as an image (a preview is shown only then: no broken images). */
+  function decodable(dataUrl) {
+    const img = new Image();
+    img.src = dataUrl;
+    return img.decode().then(
+      () => true,
+      () => false,
+    );
+  }
+
   // --- one photo through the streaming API ---------------------------------------------------------
 
   function readAsDataURL(file) {
     return new Promise((resolve, reject) => {
       const reader = new FileReader();
       reader.onload = () => resolve(reader.result);
-      reader.onerror = () => reject(new Error("the file could not be read"));
+      reader.onerror = () => reject(new ApiError("the file could not be read", 0, "unreadable_file"));
       reader.readAsDataURL(file);
     });
   }
@@ -176,12 +243,18 @@
         },
       ],
     };
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: JSON.stringify(body),
-      signal,
-    });
+    let response;
+    try {
+      response = await fetch("/v1/chat/completions", {
+        method: "POST",
+        headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+        body: JSON.stringify(body),
+        signal,
+      });
+    } catch (err) {
+      if (signal && signal.aborted) throw err;
+      throw new ApiError(err.message || "the request failed", 0, "network");
+    }
     if (!response.ok) throw await errorFrom(response);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -209,7 +282,14 @@
     }
 
     while (!done) {
-      const { value, done: finished } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        if (signal && signal.aborted) throw err;
+        throw new ApiError(err.message || "the answer stream broke off", 0, "network");
+      }
+      const { value, done: finished } = chunk;
       if (value) buffer += decoder.decode(value, { stream: true });
       buffer = buffer.replace(/\r\n/g, "\n");
       let cut;
@@ -220,7 +300,7 @@
       }
       if (finished) break;
     }
-    if (!content) throw new ApiError("the answer stream ended without an answer", 200, null);
+    if (!content) throw new ApiError("the answer stream ended without an answer", 200, "network");
     return JSON.parse(content);
   }
 
@@ -334,6 +414,37 @@
     box.replaceChildren(h("p", { class: "answer-lead", text: "Most likely taken at " + hemi(p.lat, p.lon) + (where ? " — " + where : "") }), dl);
   }
 
+  function renderDegraded(job) {
+    const box = $("degraded");
+    const p = job.prediction;
+    box.hidden = !isDegraded(p);
+    if (box.hidden) {
+      box.replaceChildren();
+      return;
+    }
+    const items = degradations(p).map((d) => h("li", { "data-reason": d.reason }, h("code", { text: d.reason }), " ", d.message));
+    box.replaceChildren(
+      h("h3", { text: "Degraded answer: not G3's full method" }),
+      h(
+        "p",
+        { text: "Part of the pipeline failed for this photo, so the answer below rests on less evidence than G3 uses (often retrieval alone). Treat it with care, and tell the server's operator:" },
+      ),
+      items.length ? h("ul", {}, ...items) : h("p", { text: "The server marked this answer as degraded without saying why." }),
+    );
+  }
+
+  /** Centre the map on candidate `c` (street level when the server has map tiles) and mark its row. */
+  function showCandidate(c, row) {
+    for (const r of $("candidates").tBodies[0].rows) r.removeAttribute("aria-current");
+    if (row) row.setAttribute("aria-current", "true");
+    for (const b of document.querySelectorAll(".map-tools button")) b.setAttribute("aria-pressed", "false");
+    if (!state.singleMap) return;
+    state.singleMap.zoomTo(c.lat, c.lon);
+    const figure = $("map").closest("figure");
+    const box = figure.getBoundingClientRect();
+    if (box.top < 0 || box.bottom > window.innerHeight) figure.scrollIntoView({ behavior: "smooth", block: "nearest" });
+  }
+
   function renderCandidates(job) {
     const table = $("candidates");
     const p = job.prediction;
@@ -347,6 +458,14 @@
       ...keys.map((k) => h("th", { scope: "col", text: k })),
     );
     table.tHead.replaceChildren(head);
+    const rankButton = (c) => {
+      const b = h("button", { type: "button", class: "link", "aria-label": "Show candidate " + (c.rank + 1) + " on the map" }, String(c.rank + 1));
+      b.addEventListener("click", (e) => {
+        e.stopPropagation();
+        showCandidate(c, b.closest("tr"));
+      });
+      return b;
+    };
     table.tBodies[0].replaceChildren(
       ...rows.map((c) =>
         h(
@@ -359,7 +478,7 @@
             "data-source": c.source,
             "data-score": c.score,
           },
-          h("td", { text: String(c.rank + 1) }),
+          h("td", {}, rankButton(c)),
           h("td", { text: num(c.lat, 5) }),
           h("td", { text: num(c.lon, 5) }),
           h("td", {}, swatch(G3Map.colourOf(c.source), "circle"), " " + c.source),
@@ -369,6 +488,9 @@
         ),
       ),
     );
+    for (const [i, row] of Array.from(table.tBodies[0].rows).entries()) {
+      row.addEventListener("click", () => showCandidate(rows[i], row));
+    }
   }
 
   function neighbourItem(n, withThumb) {
@@ -483,15 +605,16 @@
     section.dataset.state = job.status;
     $("single-title").textContent = "Result: " + job.name;
     const photo = $("photo");
-    if (!job.dataUrl) {
+    if (!job.preview) {
       photo.hidden = true;
       photo.removeAttribute("src");
-    } else if (photo.getAttribute("src") !== job.dataUrl) {
+    } else if (photo.getAttribute("src") !== job.preview) {
       photo.hidden = false;
-      photo.src = job.dataUrl;
+      photo.src = job.preview;
       photo.alt = "The photo being located: " + job.name;
     }
     $("steps").replaceChildren(...job.steps.map(stepItem));
+    renderDegraded(job);
     renderAnswer(job);
     renderLegend(job);
     if (state.singleMap) state.singleMap.set(mapData(job));
@@ -500,8 +623,13 @@
     renderWarnings(job);
   }
 
-  function onStep(job, s) {
+  function onStep(job, s, batch) {
     job.steps.push(s);
+    // The single view opens once the server has accepted the photo: a refused one shows no empty map.
+    if (!batch && state.shown === null && state.run && state.run.jobs.includes(job)) {
+      renderSingle(job);
+      return;
+    }
     if (state.shown !== job) return;
     $("steps").append(stepItem(s));
     if (s.step === "retrieve") renderEvidence(job);
@@ -513,12 +641,14 @@
 
   // --- the batch view ------------------------------------------------------------------------------
 
-  const rowSignature = (job) => job.status + (job.dataUrl ? "+photo" : "");
+  const rowSignature = (job) => job.status + (job.preview ? "+photo" : "");
 
   function batchRow(job) {
     const p = job.prediction;
-    const status = job.status === "error" ? "error: " + job.error : job.status;
-    const details = h("button", { type: "button", class: "small ghost", "data-job": job.id, disabled: !p && !job.error }, "Details");
+    const degraded = isDegraded(p);
+    let status = job.status === "error" ? job.error : job.status;
+    if (degraded) status = "done, degraded: " + degradations(p).map((d) => d.reason).join(", ");
+    const details = h("button", { type: "button", class: "small ghost", "data-job": job.id, disabled: !p && !job.steps.length }, "Details");
     details.append(h("span", { class: "visually-hidden", text: " for " + job.name }));
     details.addEventListener("click", () => {
       renderSingle(job);
@@ -527,13 +657,29 @@
     });
     return h(
       "tr",
-      { "data-index": job.index, "data-status": job.status, "data-sig": rowSignature(job), class: job.status === "error" ? "failed" : null },
+      {
+        "data-index": job.index,
+        "data-status": job.status,
+        "data-degraded": degraded ? "true" : null,
+        "data-sig": rowSignature(job),
+        class: job.status === "error" ? "failed" : degraded ? "degraded" : null,
+      },
       h("td", { text: String(job.index + 1) }),
-      h("td", { class: "name" }, job.dataUrl ? h("img", { src: job.dataUrl, alt: "", class: "row-thumb" }) : null, h("span", { text: job.name, title: job.name })),
-      h("td", { class: "status-cell", text: status }),
+      h(
+        "td",
+        { class: "name" },
+        h("div", { class: "name-box" }, job.preview ? h("img", { src: job.preview, alt: "", class: "row-thumb" }) : null, h("span", { text: job.name, title: job.name })),
+      ),
+      h(
+        "td",
+        { class: "status-cell", title: degraded ? degradations(p).map((d) => d.message).join("\n") : job.errorDetails },
+        degraded ? h("span", { class: "badge", text: "degraded" }) : null,
+        degraded ? " " : null,
+        status,
+      ),
       h("td", { text: p ? num(p.lat, 5) : "" }),
       h("td", { text: p ? num(p.lon, 5) : "" }),
-      h("td", { text: p ? place(p) : "" }),
+      h("td", { class: "place-cell", text: p ? place(p) : "" }),
       h("td", { text: p ? num(p.score, 4) : "" }),
       h("td", { text: p ? p.source : "" }),
       h("td", {}, details),
@@ -552,7 +698,9 @@
     });
     const done = jobs.filter((j) => j.status === "done").length;
     const failed = jobs.filter((j) => j.status === "error").length;
-    $("batch-progress").textContent = done + " of " + jobs.length + " located" + (failed ? ", " + failed + " failed" : "");
+    const degraded = jobs.filter((j) => isDegraded(j.prediction)).length;
+    $("batch-progress").textContent =
+      done + " of " + jobs.length + " located" + (degraded ? " (" + degraded + " degraded)" : "") + (failed ? ", " + failed + " failed" : "");
     $("batch").dataset.state = done + failed === jobs.length ? "done" : "running";
     if (state.batchMap) {
       // Photos answered at the same point share one label ("1, 2, 4").
@@ -586,11 +734,12 @@
   }
 
   function batchCsv() {
-    const header = ["index", "file", "status", "latitude", "longitude", "place", "score", "source", "error"];
+    const header = ["index", "file", "status", "latitude", "longitude", "place", "score", "source", "degraded", "error"];
     const lines = [header.join(",")];
     for (const j of state.jobs) {
       const p = j.prediction;
-      const row = [j.index + 1, j.name, j.status, p ? p.lat : "", p ? p.lon : "", p ? place(p) : "", p ? p.score : "", p ? p.source : "", j.error || ""];
+      const why = isDegraded(p) ? degradations(p).map((d) => d.reason).join(" ") || "yes" : "";
+      const row = [j.index + 1, j.name, j.status, p ? p.lat : "", p ? p.lon : "", p ? place(p) : "", p ? p.score : "", p ? p.source : "", why, j.error || ""];
       lines.push(row.map(csvField).join(","));
     }
     return lines.join("\r\n") + "\r\n";
@@ -598,7 +747,15 @@
 
   function batchJson() {
     return JSON.stringify(
-      state.jobs.map((j) => ({ index: j.index + 1, file: j.name, status: j.status, error: j.error || null, prediction: j.prediction })),
+      state.jobs.map((j) => ({
+        index: j.index + 1,
+        file: j.name,
+        status: j.status,
+        degraded: isDegraded(j.prediction),
+        error: j.error || null,
+        error_details: j.errorDetails || null,
+        prediction: j.prediction,
+      })),
       null,
       2,
     );
@@ -621,20 +778,27 @@
     const current = () => !run.signal.aborted;
     job.status = "running";
     if (batch) renderBatch();
-    else renderSingle(job);
+    else setStatus("Sending " + job.name + "…");
     try {
-      if (!job.file.type || !job.file.type.startsWith("image/")) {
-        throw new Error("“" + job.name + "” is not an image file (" + (job.file.type || "unknown type") + "); choose a JPEG, PNG or WebP photo");
-      }
+      const refused = refusal(job.file);
+      if (refused) throw refused;
       job.dataUrl = await readAsDataURL(job.file);
-      if (!batch && current()) renderSingle(job);
-      job.prediction = await locate(job.dataUrl, (s) => onStep(job, s), run.signal);
+      if (await decodable(job.dataUrl)) job.preview = job.dataUrl;
+      if (!current()) return;
+      if (batch) renderBatch();
+      else setStatus("Locating " + job.name + "…");
+      job.prediction = await locate(job.dataUrl, (s) => onStep(job, s, batch), run.signal);
       job.status = "done";
     } catch (err) {
       if (!current()) return; // a newer run replaced this one
       job.status = "error";
-      job.error = err.message || String(err);
-      if (!batch) showError("Could not locate “" + job.name + "”: " + job.error + (err.code ? " (" + err.code + ")" : ""));
+      job.error = humanError(err, job.name);
+      job.errorDetails = technical(err);
+      if (!batch) {
+        showError(job.error, job.errorDetails);
+        // Refused before any step: no result to show (no empty map, no broken photo).
+        if (!job.steps.length) $("single").hidden = true;
+      }
     }
     if (!current()) return;
     if (batch) renderBatch();
@@ -655,7 +819,9 @@
       steps: [],
       prediction: null,
       error: null,
+      errorDetails: null,
       dataUrl: null,
+      preview: null, // the data URL again, when the browser can show it
     }));
     const run = { controller, signal: controller.signal, jobs };
     state.run = run;
@@ -680,7 +846,6 @@
       if (failed) showError(failed + " of " + jobs.length + " photos could not be located; see the Status column.");
     } else {
       const job = jobs[0];
-      setStatus("Locating " + job.name + "…");
       await runJob(job, run);
       if (run.signal.aborted) return;
       setStatus(job.status === "done" ? "Located " + job.name + "." : "Failed to locate " + job.name + ".");
@@ -765,6 +930,11 @@
     $("single-title").setAttribute("tabindex", "-1");
     $("photo").addEventListener("error", () => {
       $("photo").hidden = true;
+    });
+    document.addEventListener("g3-map-note", (e) => {
+      const note = e.target.closest("figure").querySelector(".map-note");
+      note.textContent = e.detail;
+      note.hidden = false;
     });
   }
 

@@ -1,13 +1,14 @@
-/* g3 web page: a world map drawn as SVG from Natural Earth 1:110m country outlines (TopoJSON).
+/* g3 web page: the maps, drawn with Leaflet (vendored in /static/vendor/leaflet/; no CDN, no build step).
  *
- * Plain JavaScript, no dependency. Exposes window.G3Map = { load, WorldMap, colourOf }.
- * Projection: equirectangular, x = lon + 180, y = 90 - lat (SVG user units are degrees).
+ * The base layer is always there and offline: Natural Earth 1:110m country outlines (the TopoJSON shipped
+ * with g3, decoded here to GeoJSON). When the server was started with `g3 serve --map-tiles URL_TEMPLATE`,
+ * that tile server's tiles lie on top (the outlines show through where a tile is missing) and the map zooms
+ * to street level around a candidate. The settings come from /static/page-config.json.
+ *
+ * Exposes window.G3Map = { load, settings, WorldMap, colourOf }.
  */
 (function () {
   "use strict";
-
-  const SVG = "http://www.w3.org/2000/svg";
-  const WORLD = { x: 0, y: 0, w: 360, h: 180 };
 
   // Okabe–Ito colours (distinguishable with colour-vision deficiencies), one per candidate source.
   const SOURCE_COLOURS = {
@@ -27,22 +28,16 @@
     return assigned[source];
   }
 
-  function el(name, attrs, parent) {
-    const node = document.createElementNS(SVG, name);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-    if (parent) parent.appendChild(node);
-    return node;
-  }
+  const WORLD = [
+    [-57, -170],
+    [78, 178],
+  ];
+  // Zoom levels: the 1:110m outlines say nothing past a region; tiles go down to streets.
+  const OUTLINE_MAX_ZOOM = 8;
+  const OUTLINE_CLOSE_ZOOM = 5;
+  const TILE_CLOSE_ZOOM = 16;
 
-  function title(node, text) {
-    el("title", {}, node).textContent = text;
-    return node;
-  }
-
-  const px = (lon) => +(lon + 180).toFixed(3);
-  const py = (lat) => +(90 - lat).toFixed(3);
-
-  // --- TopoJSON → SVG path data -----------------------------------------------------------------
+  // --- TopoJSON → GeoJSON -------------------------------------------------------------------------
 
   function decodeArcs(topology) {
     const t = topology.transform;
@@ -67,10 +62,10 @@
     return out;
   }
 
-  // A ring as path data. Rings that cross the antimeridian are unwrapped (longitudes made continuous)
-  // and drawn again shifted by ±360° (the SVG clips them); a ring around a pole is closed along it.
-  function ringPath(points) {
-    if (points.length < 3) return "";
+  // A ring whose longitudes jump across the antimeridian is unwrapped (made continuous, so Chukotka and Fiji
+  // reach a little past 180°E instead of streaking across the map); a ring around a pole (Antarctica) is
+  // closed along it.
+  function unwrap(points) {
     const ring = [[points[0][0], points[0][1]]];
     let offset = 0;
     for (let i = 1; i < points.length; i++) {
@@ -82,46 +77,67 @@
     if (offset !== 0) {
       const meanLat = ring.reduce((s, p) => s + p[1], 0) / ring.length;
       const pole = meanLat < 0 ? -90 : 90;
-      ring.push([ring[ring.length - 1][0], pole], [ring[0][0], pole]);
+      ring.push([ring[ring.length - 1][0], pole], [ring[0][0], pole], ring[0].slice());
     }
-    const xs = ring.map((p) => p[0]);
-    const shifts = [0];
-    if (Math.min(...xs) < -180) shifts.push(360);
-    if (Math.max(...xs) > 180) shifts.push(-360);
-    return shifts
-      .map((s) => "M" + ring.map(([lon, lat]) => px(lon + s) + "," + py(lat)).join("L") + "Z")
-      .join("");
+    return ring;
   }
 
-  function countryShapes(topology) {
+  // One polygon (outer ring, holes) in GeoJSON coordinates.
+  function polygon(rings, arcs) {
+    return rings.map((r) => ringPoints(r, arcs)).filter((r) => r.length >= 4).map(unwrap);
+  }
+
+  function countries(topology) {
     const arcs = decodeArcs(topology);
     const object = topology.objects.countries || Object.values(topology.objects)[0];
-    return object.geometries
+    const features = object.geometries
       .filter((g) => g.type === "Polygon" || g.type === "MultiPolygon")
-      .map((g) => {
-        const polygons = g.type === "Polygon" ? [g.arcs] : g.arcs;
-        const d = polygons.map((rings) => rings.map((r) => ringPath(ringPoints(r, arcs))).join("")).join("");
-        return { name: (g.properties && g.properties.name) || "", d };
-      });
+      .map((g) => ({
+        type: "Feature",
+        properties: { name: (g.properties && g.properties.name) || "" },
+        geometry: {
+          type: "MultiPolygon",
+          coordinates: (g.type === "Polygon" ? [g.arcs] : g.arcs).map((rings) => polygon(rings, arcs)).filter((p) => p.length),
+        },
+      }));
+    return { type: "FeatureCollection", features };
   }
 
-  let shapesPromise = null;
+  // --- what the server gives: the outlines and the page's settings ----------------------------------
 
-  /** The country shapes, fetched once from the server (never from the internet). */
+  let worldPromise = null;
+  let settingsPromise = null;
+
+  async function fetchJson(url, what) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(what + " could not be loaded (HTTP " + r.status + ")");
+    return r.json();
+  }
+
+  /** The country outlines as GeoJSON, fetched once from this server (never from the internet). */
   function load() {
-    if (!shapesPromise) {
-      shapesPromise = fetch("/static/countries-110m.json")
-        .then((r) => {
-          if (!r.ok) throw new Error("the world map could not be loaded (HTTP " + r.status + ")");
-          return r.json();
-        })
-        .then(countryShapes)
+    if (!worldPromise) {
+      worldPromise = fetchJson("/static/countries-110m.json", "the world map")
+        .then(countries)
         .catch((err) => {
-          shapesPromise = null;
+          worldPromise = null;
           throw err;
         });
     }
-    return shapesPromise;
+    return worldPromise;
+  }
+
+  /** The map settings of this server: {tiles: URL template or null, attribution, maxZoom}. */
+  function settings() {
+    if (!settingsPromise) {
+      settingsPromise = fetchJson("/static/page-config.json", "the page's settings")
+        .then((c) => Object.assign({ tiles: null, attribution: "", maxZoom: 19 }, c.map || {}))
+        .catch((err) => {
+          settingsPromise = null;
+          throw err;
+        });
+    }
+    return settingsPromise;
   }
 
   // --- the map -----------------------------------------------------------------------------------
@@ -130,124 +146,217 @@
     return lat.toFixed(4) + ", " + lon.toFixed(4);
   }
 
+  function span(cls, text) {
+    const node = document.createElement("span");
+    node.className = cls;
+    node.textContent = text;
+    return node;
+  }
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
+  }
+
+  // Data attributes on a marker's element (what the tests and the legend's colours read).
+  function setData(layer, data) {
+    const node = layer.getElement();
+    for (const [k, v] of Object.entries(data)) node.dataset[k] = v === null || v === undefined ? "" : String(v);
+    return node;
+  }
+
+  // An SVG marker's data attributes and <title> (read by screen readers and shown on hover).
+  function decorate(layer, data, text) {
+    const node = setData(layer, data);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = text;
+    node.appendChild(title);
+  }
+
+  const reducedMotion = () => window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+
   /**
-   * A world map in `container` with layers of points:
+   * A Leaflet map in `container` with layers of points:
    *   neighbours:  [{lat, lon, kind: "similar"|"dissimilar", label}]
-   *   candidates:  [{lat, lon, source, score, rank, label}]   (sized by score, coloured by source)
-   *   predictions: [{lat, lon, label, index}]                 (the answer of each photo)
+   *   candidates:  [{lat, lon, source, score, rank}]   (sized by score, coloured by source)
+   *   predictions: [{lat, lon, label, index, tag}]     (the answer of each photo)
+   * The container carries data-zoom, data-lat and data-lon of the current view, and data-tiles.
    */
   class WorldMap {
     constructor(container, label) {
       this.container = container;
       this.label = label;
       this.data = { neighbours: [], candidates: [], predictions: [] };
-      this.view = "world";
-      this.shapes = null;
+      this.view = "world"; // "world" | "fit" | "point"
+      this.focus = null;
+      this.map = null;
+      this.tiles = false;
     }
 
     async init() {
-      this.shapes = await load();
+      const [world, conf] = await Promise.all([load(), settings()]);
+      this.settings = conf;
+      this.tiles = !!conf.tiles;
+      const motion = !reducedMotion();
+      const map = L.map(this.container, {
+        zoomSnap: 0.25,
+        minZoom: 0,
+        maxZoom: this.tiles ? conf.maxZoom : OUTLINE_MAX_ZOOM,
+        maxBounds: [
+          [-89, -240],
+          [89, 240],
+        ],
+        maxBoundsViscosity: 0.7,
+        worldCopyJump: false,
+        attributionControl: false,
+        zoomAnimation: motion,
+        fadeAnimation: motion,
+        markerZoomAnimation: motion,
+      });
+      this.map = map;
+      map.setView([20, 0], 1, { animate: false }); // loaded at once (layers wait for a view), framed in applyView
+      L.control
+        .attribution({ prefix: '<a href="https://leafletjs.com" rel="noreferrer" target="_blank">Leaflet</a>' })
+        .addTo(map);
+      map.createPane("countries").style.zIndex = "150"; // under the tiles (200): seen where a tile is missing
+      map.createPane("neighbours").style.zIndex = "390"; // under the candidates (overlayPane, 400)
+      L.geoJSON(world, {
+        pane: "countries",
+        interactive: false,
+        style: () => ({ className: "country", weight: 0.6, fillOpacity: 1 }),
+      }).addTo(map);
+      map.attributionControl.addAttribution("Outlines: Natural Earth");
+      this.container.dataset.tiles = this.tiles ? "on" : "off";
+      if (this.tiles) this.addTiles(conf);
+      this.layers = L.layerGroup().addTo(map);
+      map.on("zoomend moveend", () => this.report());
+      this.watchSize();
       this.draw();
+      this.applyView();
       return this;
+    }
+
+    addTiles(conf) {
+      const layer = L.tileLayer(conf.tiles, {
+        attribution: escapeHtml(conf.attribution),
+        maxZoom: conf.maxZoom,
+        referrerPolicy: "no-referrer",
+        noWrap: true, // one world, like the outlines and the markers
+      });
+      let loaded = 0;
+      let failed = 0;
+      layer.on("tileload", () => {
+        loaded += 1;
+        this.container.dataset.tilesLoaded = String(loaded);
+      });
+      layer.on("tileerror", () => {
+        failed += 1;
+        this.container.dataset.tilesFailed = String(failed);
+        if (!loaded && failed === 4) this.note("Map tiles could not be loaded from the tile server; showing the offline outlines.");
+      });
+      layer.addTo(this.map);
+      this.tileLayer = layer;
+    }
+
+    note(text) {
+      this.container.dispatchEvent(new CustomEvent("g3-map-note", { detail: text, bubbles: true }));
+    }
+
+    report() {
+      const c = this.map.getCenter();
+      this.container.dataset.zoom = String(this.map.getZoom());
+      this.container.dataset.lat = c.lat.toFixed(6);
+      this.container.dataset.lon = c.lng.toFixed(6);
+    }
+
+    hasSize() {
+      return this.container.clientWidth > 0 && this.container.clientHeight > 0;
+    }
+
+    /** Follow the container's size (it is created hidden, and the layout settles as the photo and the
+     * answer arrive): the world and the candidates are framed again, a single point stays centred. */
+    watchSize() {
+      if (!window.ResizeObserver || this.observer) return;
+      let last = "";
+      this.observer = new ResizeObserver(() => {
+        const size = this.container.clientWidth + "x" + this.container.clientHeight;
+        if (!this.hasSize() || size === last) return;
+        last = size;
+        this.map.invalidateSize({ animate: false });
+        if (this.pending || this.view !== "point") this.applyView();
+      });
+      this.observer.observe(this.container);
     }
 
     set(data) {
       this.data = Object.assign({ neighbours: [], candidates: [], predictions: [] }, data);
       this.draw();
+      if (this.view !== "world") this.applyView();
     }
 
+    /** "world" or "fit" (frame the candidates and answers). */
     setView(view) {
       this.view = view;
-      this.draw();
+      this.applyView();
     }
 
-    box() {
-      if (this.view !== "fit") return WORLD;
-      const pts = this.data.candidates.concat(this.data.predictions);
-      if (!pts.length) return WORLD;
-      const xs = pts.map((p) => px(p.lon));
-      const ys = pts.map((p) => py(p.lat));
-      let x0 = Math.min(...xs);
-      let x1 = Math.max(...xs);
-      let y0 = Math.min(...ys);
-      let y1 = Math.max(...ys);
-      let w = Math.max((x1 - x0) * 1.3, 24);
-      let h = Math.max((y1 - y0) * 1.3, 12);
-      if (w < 2 * h) w = 2 * h;
-      else h = w / 2;
-      if (w >= 360) return WORLD;
-      const cx = Math.min(Math.max((x0 + x1) / 2, w / 2), 360 - w / 2);
-      const cy = Math.min(Math.max((y0 + y1) / 2, h / 2), 180 - h / 2);
-      return { x: cx - w / 2, y: cy - h / 2, w, h };
+    /** Centre on one point, at street level when tiles exist (region level on the outlines alone). */
+    zoomTo(lat, lon) {
+      this.view = "point";
+      this.focus = [lat, lon];
+      this.applyView();
     }
 
-    /** Redraw when the map's width changes: markers keep their size in screen pixels. */
-    watchSize() {
-      if (!window.ResizeObserver || this.observer) return;
-      let width = this.container.clientWidth;
-      this.observer = new ResizeObserver(() => {
-        const now = this.container.clientWidth;
-        if (Math.abs(now - width) > 8) {
-          width = now;
-          this.draw();
-        }
-      });
-      this.observer.observe(this.container);
+    closeZoom() {
+      return this.tiles ? Math.min(TILE_CLOSE_ZOOM, this.settings.maxZoom) : OUTLINE_CLOSE_ZOOM;
+    }
+
+    applyView() {
+      if (!this.map) return;
+      this.pending = !this.hasSize();
+      if (this.pending) return;
+      const animate = !reducedMotion();
+      if (this.view === "point" && this.focus) {
+        this.map.setView(this.focus, this.closeZoom(), { animate });
+        return;
+      }
+      const pts = this.data.candidates.concat(this.data.predictions).map((p) => [p.lat, p.lon]);
+      if (this.view === "fit" && pts.length) {
+        const bounds = L.latLngBounds(pts);
+        if (bounds.getNorthEast().equals(bounds.getSouthWest())) this.map.setView(bounds.getCenter(), this.closeZoom(), { animate });
+        else this.map.fitBounds(bounds, { padding: [28, 28], maxZoom: this.closeZoom(), animate });
+        return;
+      }
+      this.map.fitBounds(WORLD, { animate: false });
     }
 
     draw() {
-      if (!this.shapes) return;
-      this.watchSize();
-      const b = this.box();
-      // Marker sizes are given in CSS pixels (at ~2 px per degree of the world view) and converted to
-      // degrees of the current view, so that they look alike on a phone, a desktop and when zoomed.
-      const width = this.container.clientWidth || 720;
-      const k = Math.min((2 * b.w) / width, (b.w / 360) * 2.2);
+      if (!this.map) return;
       const { neighbours, candidates, predictions } = this.data;
-      const summary =
+      this.container.setAttribute(
+        "aria-label",
         this.label +
-        ": " +
-        predictions.length +
-        (predictions.length === 1 ? " predicted point, " : " predicted points, ") +
-        candidates.length +
-        " candidates, " +
-        neighbours.length +
-        " retrieved neighbours";
-      const svg = el("svg", {
-        viewBox: [b.x, b.y, b.w, b.h].map((v) => +v.toFixed(3)).join(" "),
-        class: "world",
-        role: "img",
-        "aria-label": summary,
-        preserveAspectRatio: "xMidYMid meet",
-      });
-      el("rect", { x: -360, y: -180, width: 1080, height: 540, class: "ocean" }, svg);
-      const grid = el("g", { class: "graticule" }, svg);
-      for (let lon = -150; lon <= 150; lon += 30) el("line", { x1: px(lon), y1: 0, x2: px(lon), y2: 180 }, grid);
-      for (let lat = -60; lat <= 60; lat += 30) el("line", { x1: 0, y1: py(lat), x2: 360, y2: py(lat) }, grid);
-      const land = el("g", { class: "countries" }, svg);
-      for (const s of this.shapes) title(el("path", { d: s.d, class: "country" }, land), s.name);
+          ": " +
+          predictions.length +
+          (predictions.length === 1 ? " predicted point, " : " predicted points, ") +
+          candidates.length +
+          " candidates, " +
+          neighbours.length +
+          " retrieved neighbours",
+      );
+      this.layers.clearLayers();
 
-      const nb = el("g", { class: "layer-neighbours" }, svg);
-      const side = 2.2 * k;
       for (const n of neighbours) {
-        const node = el(
-          "rect",
-          {
-            x: px(n.lon) - side / 2,
-            y: py(n.lat) - side / 2,
-            width: side,
-            height: side,
-            class: "neighbour " + n.kind,
-            "data-kind": n.kind,
-            "data-lat": n.lat,
-            "data-lon": n.lon,
-          },
-          nb,
-        );
-        title(node, (n.kind === "similar" ? "Similar" : "Dissimilar") + " image at " + fmt(n.lat, n.lon) + (n.label ? " — " + n.label : ""));
+        const text = (n.kind === "similar" ? "Similar" : "Dissimilar") + " image at " + fmt(n.lat, n.lon) + (n.label ? " — " + n.label : "");
+        const marker = L.marker([n.lat, n.lon], {
+          pane: "neighbours",
+          icon: L.divIcon({ className: "neighbour " + n.kind, iconSize: [9, 9] }),
+          keyboard: false,
+          title: text,
+          alt: text,
+        }).addTo(this.layers);
+        setData(marker, { kind: n.kind, lat: n.lat, lon: n.lon });
       }
 
-      const cg = el("g", { class: "layer-candidates" }, svg);
       const scores = candidates.map((c) => c.score).filter((s) => Number.isFinite(s));
       const lo = scores.length ? Math.min(...scores) : 0;
       const hi = scores.length ? Math.max(...scores) : 1;
@@ -255,47 +364,36 @@
       const order = candidates.slice().sort((a, b) => (b.score ?? 0) - (a.score ?? 0));
       for (const c of order) {
         const t = Number.isFinite(c.score) && hi > lo ? (c.score - lo) / (hi - lo) : 0.5;
-        const r = (1.3 + 2.7 * t) * k;
-        const node = el(
-          "circle",
-          {
-            cx: px(c.lon),
-            cy: py(c.lat),
-            r: +r.toFixed(3),
-            fill: colourOf(c.source),
-            class: "candidate",
-            "data-source": c.source,
-            "data-rank": c.rank ?? "",
-            "data-score": c.score ?? "",
-            "data-lat": c.lat,
-            "data-lon": c.lon,
-          },
-          cg,
-        );
+        const radius = +(4 + 7 * t).toFixed(2);
+        const marker = L.circleMarker([c.lat, c.lon], {
+          radius,
+          className: "candidate",
+          color: "#1d232b",
+          weight: 1,
+          fillColor: colourOf(c.source),
+          fillOpacity: 0.85,
+        }).addTo(this.layers);
         const score = Number.isFinite(c.score) ? ", score " + c.score.toFixed(4) : "";
-        title(node, "Candidate from " + c.source + " at " + fmt(c.lat, c.lon) + score);
+        const text = "Candidate from " + c.source + " at " + fmt(c.lat, c.lon) + score;
+        marker.bindTooltip(span("map-tip", text), { direction: "top", offset: [0, -radius] });
+        decorate(marker, { source: c.source, rank: c.rank, score: c.score, lat: c.lat, lon: c.lon, radius, fill: colourOf(c.source) }, text);
       }
 
-      const pg = el("g", { class: "layer-predictions" }, svg);
       for (const p of predictions) {
-        const g = el(
-          "g",
-          { class: "prediction", "data-lat": p.lat, "data-lon": p.lon, "data-index": p.index ?? 0 },
-          pg,
-        );
-        const x = px(p.lon);
-        const y = py(p.lat);
-        el("circle", { cx: x, cy: y, r: +(4.2 * k).toFixed(3), class: "prediction-ring" }, g);
-        el("circle", { cx: x, cy: y, r: +(1.6 * k).toFixed(3), class: "prediction-dot" }, g);
-        if (p.tag) {
-          const text = el("text", { x: x + 4.8 * k, y: y - 3 * k, class: "prediction-label", "font-size": +(7 * k).toFixed(3) }, g);
-          text.textContent = p.tag;
-        }
-        title(g, (p.label || "Prediction") + " at " + fmt(p.lat, p.lon));
+        const text = (p.label || "Prediction") + " at " + fmt(p.lat, p.lon);
+        const icon = span("prediction-mark", "");
+        if (p.tag) icon.append(span("prediction-label", p.tag));
+        const marker = L.marker([p.lat, p.lon], {
+          icon: L.divIcon({ className: "prediction", html: icon, iconSize: [24, 24] }),
+          title: text,
+          alt: text,
+          zIndexOffset: 1000,
+          keyboard: true,
+        }).addTo(this.layers);
+        setData(marker, { lat: p.lat, lon: p.lon, index: p.index ?? 0 });
       }
-      this.container.replaceChildren(svg);
     }
   }
 
-  window.G3Map = { load, WorldMap, colourOf };
+  window.G3Map = { load, settings, WorldMap, colourOf };
 })();

@@ -1,0 +1,57 @@
+"""`g3 serve --map-tiles`: the tile URL template is checked when the server starts, and only its origin is let
+into the page's content-security policy (the page itself is tested in Chromium in test_web.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from g3.serve.app import ServeSettings
+from g3.serve.map_tiles import tile_origin
+from g3.serve.web import PAGE_CSP, static_files
+
+
+@pytest.mark.parametrize(
+    ("template", "origin"),
+    [
+        ("https://tile.example/{z}/{x}/{y}.png", "https://tile.example"),
+        ("https://{s}.tile.example/{z}/{x}/{y}{r}.png?key=abc", "https://*.tile.example"),
+        ("http://127.0.0.1:8080/tiles/{z}/{x}/{-y}.png", "http://127.0.0.1:8080"),
+        ("http://[::1]:9000/{z}/{x}/{y}.png", "http://[::1]:9000"),
+    ],
+)
+def test_tile_origin(template: str, origin: str) -> None:
+    assert tile_origin(template) == origin
+    csp = ServeSettings(map_tiles=template).map_settings().csp()
+    assert f"img-src 'self' data: blob: {origin};" in csp and csp.count(origin) == 1
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        ("ftp://tile.example/{z}/{x}/{y}.png", "http:// or https://"),
+        ("https://tile.example/{z}/{x}.png", "needs the placeholders"),
+        ("https://tile.example/{z}/{x}/{y}/{key}.png", "unknown placeholders {key}"),
+        ("https://a{s}.example/{z}/{x}/{y}.png", "leftmost label"),
+        ("https://user:pw@tile.example/{z}/{x}/{y}.png", "credentials"),
+        ("https://tile.example/{z}/{x}/{y}.png; script-src *", "space"),
+        ("https://tile.example:99999/{z}/{x}/{y}.png", "invalid port"),
+    ],
+)
+def test_bad_templates_are_refused(template: str, why: str) -> None:
+    with pytest.raises(ValueError, match="--map-tiles") as info:
+        ServeSettings(map_tiles=template)
+    assert why in str(info.value)
+
+
+def test_page_config_and_csp_without_tiles() -> None:
+    settings = ServeSettings()
+    assert settings.map_settings().csp() == PAGE_CSP
+    files = static_files(settings.map_settings())
+    assert json.loads(files["page-config.json"].body) == {"map": {"tiles": None, "attribution": "", "maxZoom": 19}}
+    # the vendored Leaflet ships inside the package and is served by path under /static/
+    assert {"vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css", "vendor/leaflet/LICENSE"} <= set(files)
+    tiles = ServeSettings(map_tiles="https://tile.example/{z}/{x}/{y}.png", map_max_zoom=18)
+    config = json.loads(static_files(tiles.map_settings())["page-config.json"].body)["map"]
+    assert config == {"tiles": tiles.map_tiles, "attribution": "Tiles: tile.example", "maxZoom": 18}
