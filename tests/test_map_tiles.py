@@ -55,3 +55,18 @@ def test_page_config_and_csp_without_tiles() -> None:
     tiles = ServeSettings(map_tiles="https://tile.example/{z}/{x}/{y}.png", map_max_zoom=18)
     config = json.loads(static_files(tiles.map_settings())["page-config.json"].body)["map"]
     assert config == {"tiles": tiles.map_tiles, "attribution": "Tiles: tile.example", "maxZoom": 18}
+
+
+def test_every_page_file_ships_in_the_package() -> None:
+    """The wheel holds what setuptools' package-data globs match: every file of the page, Leaflet included."""
+    import tomllib
+    from pathlib import Path
+
+    from g3.serve.web import STATIC_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["g3.serve"]
+    package = STATIC_DIR.parent
+    shipped = {p for pattern in globs for p in package.glob(pattern) if p.is_file()}
+    served = {p for p in STATIC_DIR.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert served and served <= shipped, sorted(str(p.relative_to(package)) for p in served - shipped)
