@@ -298,3 +298,22 @@ def test_openapi_is_fuzzed_without_server_errors(server: str) -> None:
         check()
     assert not failures, failures
     assert {400, 422} & set(statuses)  # the fuzzer reached request validation
+
+
+def test_fewer_choices_than_n_are_announced(parts: tuple[GeoAligner, GeoIndex]) -> None:
+    """n counts choices in OpenAI-style clients: when the photo has fewer candidates than n, the response
+    says so (extension field "g3"; in a stream, a "choices" step) instead of silently returning fewer."""
+    with serving(make_g3(parts, ScriptedLMM("garbage"))) as (url, _):  # no parsable answer: one candidate
+        c = client(url)
+        r = c.chat.completions.create(model="g3", messages=photo_message(data_url(jpeg_bytes())), n=3)
+        info = (r.model_extra or {})["g3"]
+        assert len(r.choices) == 1 and info["choices_requested"] == 3 and info["choices_returned"] == 1
+        assert "only 1" in info["note"] and "1 candidate" in info["note"]
+        one = c.chat.completions.create(model="g3", messages=photo_message(data_url(jpeg_bytes())))
+        assert (one.model_extra or {})["g3"] == {"choices_requested": 1, "choices_returned": 1, "note": None}
+        stream = c.chat.completions.create(model="g3", messages=photo_message(data_url(jpeg_bytes())), n=3,
+                                           stream=True)  # fmt: skip
+        notes = [(ch.model_extra or {})["g3"] for ch in stream if (ch.model_extra or {}).get("g3")]
+        choices = [n for n in notes if n["step"] == "choices"]
+        assert len(choices) == 1 and choices[0]["data"]["choices_returned"] == 1
+        assert "only 1" in choices[0]["data"]["note"]

@@ -95,6 +95,14 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+class ChoicesInfo(BaseModel):
+    """g3's extension to a completion: the choices asked for (``n``) and returned, and why fewer."""
+
+    choices_requested: int
+    choices_returned: int
+    note: str | None = Field(default=None, description="set when fewer choices than n are returned, saying why")
+
+
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -102,6 +110,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageInfo
+    g3: ChoicesInfo | None = Field(default=None, description="g3 extension: choices requested and returned")
 
 
 class Delta(BaseModel):

@@ -13,6 +13,7 @@ from g3.serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChoicesInfo,
     ChunkChoice,
     Delta,
     StepInfo,
@@ -59,6 +60,18 @@ def ranks(prediction: GeoPrediction, request: ChatCompletionRequest) -> range:
     return range(min(request.n, len(prediction.candidates)))
 
 
+def choices_info(prediction: GeoPrediction, request: ChatCompletionRequest) -> ChoicesInfo:
+    """How many choices were asked for and returned; a note when fewer than ``n`` (clients count choices)."""
+    returned = len(ranks(prediction, request))
+    note = None
+    if returned < request.n:
+        found = len(prediction.candidates)
+        note = (f"n={request.n} asked for {request.n} choices but only {returned} "
+                f"{'is' if returned == 1 else 'are'} returned: the photo has {found} candidate "
+                f"location{'' if found == 1 else 's'} (choice i is the i-th ranked candidate)")  # fmt: skip
+    return ChoicesInfo(choices_requested=request.n, choices_returned=returned, note=note)
+
+
 def completion(
     prediction: GeoPrediction, request: ChatCompletionRequest, request_id: str, *, model: str
 ) -> ChatCompletionResponse:
@@ -71,6 +84,7 @@ def completion(
             for i in ranks(prediction, request)
         ],
         usage=usage(prediction),
+        g3=choices_info(prediction, request),
     )
 
 
@@ -102,8 +116,13 @@ def chunk(
 def content_chunks(
     prediction: GeoPrediction, request: ChatCompletionRequest, request_id: str, model: str
 ) -> list[ChatCompletionChunk]:
-    return [chunk(request_id, model, index=i, content=choice_content(prediction, request, i))
-            for i in ranks(prediction, request)]  # fmt: skip
+    """The choices' contents; when fewer than ``n``, the first also carries a ``choices`` step saying so."""
+    info = choices_info(prediction, request)
+    out = [chunk(request_id, model, index=i, content=choice_content(prediction, request, i))
+           for i in ranks(prediction, request)]  # fmt: skip
+    if info.note is not None and out:
+        out[0] = out[0].model_copy(update={"g3": StepInfo(step="choices", data=info.model_dump())})
+    return out
 
 
 def final_chunks(
