@@ -16,7 +16,7 @@ class RankedCandidate(BaseModel):
     lon: float
     source: str = Field(description="'retrieval', 'gallery' or the prompt that produced it (e.g. 'rag_10')")
     sample: int = Field(description="answer index within its prompt, or retrieval rank")
-    score: float
+    score: float = Field(description="fused verification score, relative to this photo's candidates (GeoPrediction)")
     components: dict[str, float] = Field(description="raw score components: embedding, consensus, retrieval")
     rank: int
 
@@ -58,7 +58,10 @@ class Degradation(BaseModel):
 
 
 class GeoPrediction(BaseModel):
-    """The location of one photo. ``lat``/``lon`` in degrees; ``score`` is the chosen candidate's fused score.
+    """The location of one photo. ``lat``/``lon`` in degrees; ``score`` is the chosen candidate's fused
+    verification score, a relative score: each component is min-max normalised within this photo's candidate
+    set, so the winner has 1.0 (with the paper's weights) and a lone candidate 0. It ranks the candidates of
+    one photo; it is not a confidence, a probability, nor comparable across photos.
 
     ``candidates`` are ranked best first (the answer is rank 0). ``warnings`` say when a step degraded
     (an LMM that failed or timed out, no parseable answer, …); ``degradations`` (and ``degraded``) say
@@ -69,7 +72,10 @@ class GeoPrediction(BaseModel):
 
     lat: float
     lon: float
-    score: float
+    score: float = Field(
+        description="relative score: the answer's fused verification score, min-max normalised within the photo's "
+        "candidate set (1.0 for the winner with the paper's weights, 0 for a lone candidate); not a confidence"
+    )
     source: str
     address: dict[str, str] | None = None
     candidates: list[RankedCandidate]
