@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,8 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from g3.errors import CheckpointError
-from g3.lmm.base import LMMRequest, LMMResponse, encode_image
+from g3.lmm.base import COORDINATE_SCHEMA, LMMRequest, LMMResponse, encode_image
+from g3.lmm.parse import parse_answer
 from g3.lmm.tiny import build_tiny_llava, export_for_vllm
 from g3.lmm.transformers_backend import TransformersBackend
 
@@ -127,7 +131,9 @@ def test_global_rng_is_untouched(backend: TransformersBackend) -> None:
 
 
 def test_temperature_zero_is_greedy(backend: TransformersBackend) -> None:
-    greedy = [backend.generate([request(temperature=0.0, seed=s, max_tokens=10)])[0] for s in (0, 1)]
+    # free text (no schema), to compare with transformers' own greedy decoding; constrained greedy decoding
+    # is compared with xgrammar's own transformers integration in test_schema_greedy_matches_xgrammars_own_processor
+    greedy = [backend.generate([request(temperature=0.0, seed=s, max_tokens=10, json_schema=None)])[0] for s in (0, 1)]
     assert len(set(greedy[0].texts)) == 1
     assert greedy[0].texts == greedy[1].texts
     # the same as transformers' own greedy decoding
@@ -140,9 +146,10 @@ def test_temperature_zero_is_greedy(backend: TransformersBackend) -> None:
     expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert greedy[0].texts[0] == expected
     # greedy and sampled requests batch together without changing each other
-    mixed = backend.generate([request(temperature=0.0, max_tokens=10), request(seed=7, max_tokens=10)])
+    sampled = request(seed=7, max_tokens=10, json_schema=None)
+    mixed = backend.generate([request(temperature=0.0, max_tokens=10, json_schema=None), sampled])
     assert mixed[0].texts == greedy[0].texts
-    assert mixed[1].texts == backend.generate([request(seed=7, max_tokens=10)])[0].texts
+    assert mixed[1].texts == backend.generate([sampled])[0].texts
 
 
 def test_broken_image_fails_only_its_request(backend: TransformersBackend) -> None:
@@ -283,3 +290,97 @@ def test_from_model_rejects_a_processor_without_chat_template(tiny_llava_dir: Pa
     processor.chat_template = None
     with pytest.raises(CheckpointError, match="chat template"):
         TransformersBackend.from_model(AutoModelForImageTextToText.from_pretrained(tiny_llava_dir), processor)
+
+
+# --- JSON-schema constrained decoding (xgrammar) ------------------------------------------------------------
+
+#: A schema much narrower than the coordinates': a random model's free numbers would fall outside it.
+NARROW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "latitude": {"type": "number", "minimum": 10, "maximum": 12},
+        "longitude": {"type": "number", "minimum": -3, "maximum": 0},
+    },
+    "required": ["latitude", "longitude"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("schema", [COORDINATE_SCHEMA, NARROW_SCHEMA], ids=["coordinates", "narrow"])
+def test_every_sample_is_json_of_the_schema(backend: TransformersBackend, schema: dict[str, object]) -> None:
+    # as the ensemble samples: several prompts, n answers each at temperature 1.2, batched in one call
+    requests = [replace(r, json_schema=schema, temperature=1.2, n=8, max_tokens=48) for r in ensemble()]
+    responses = backend.generate(requests)
+    assert_well_formed(responses, requests)
+    for response in responses:
+        assert len(set(response.texts)) > 1  # still sampled: the n answers differ
+        for text in response.texts:
+            answer = json.loads(text)
+            jsonschema.validate(answer, schema)
+            assert not any(c.isspace() for c in text)  # as vLLM's disable_any_whitespace answers
+            parsed = parse_answer(text)
+            assert parsed is not None and parsed.method == "json"
+            assert (parsed.lat, parsed.lon) == (answer["latitude"], answer["longitude"])
+    # without the schema, the same requests answer random text that never parses
+    free = backend.generate([replace(r, json_schema=None) for r in requests])
+    assert all(parse_answer(text) is None for r in free for text in r.texts)
+
+
+def test_schema_greedy_matches_xgrammars_own_processor(backend: TransformersBackend) -> None:
+    # xgrammar's reference transformers integration, on plain greedy `generate`, decides the same tokens
+    # as the backend's row masks with its shared prefill and its own sampler
+    import xgrammar as xgr
+
+    greedy = backend.generate([request(temperature=0.0, max_tokens=40)])[0]
+    processor, model = backend._processor, backend._model
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    image = Image.open(io.BytesIO(jpeg(0))).convert("RGB")
+    inputs = processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=False)
+    reference = xgr.contrib.hf.LogitsProcessor(backend._grammar(COORDINATE_SCHEMA))
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=40, logits_processor=[reference])
+    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert greedy.texts == (expected,) * 3
+    jsonschema.validate(json.loads(expected), COORDINATE_SCHEMA)
+
+
+def test_constrained_and_free_requests_batch_together(backend: TransformersBackend) -> None:
+    requests = [
+        *(replace(r, max_tokens=40) for r in ensemble()),
+        request(json_schema=None, seed=5, max_tokens=40, tag="free"),
+        request(json_schema=NARROW_SCHEMA, max_tokens=40, tag="narrow"),
+    ]
+    batched = backend.generate(requests)
+    assert [r.texts for r in batched] == [backend.generate([r])[0].texts for r in requests]
+    assert parse_answer(batched[-2].texts[0]) is None  # the free request stayed free
+    assert all(json.loads(t)["latitude"] >= 10 for t in batched[-1].texts)  # each request keeps its own schema
+
+
+def test_grammars_compile_once_per_schema(tiny_llava_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xgrammar as xgr
+
+    compiled: list[str] = []
+    real = xgr.GrammarCompiler.compile_json_schema
+
+    def counting(self: object, schema: str, **kwargs: object) -> object:
+        compiled.append(schema)
+        return real(self, schema, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", counting)
+    backend = TransformersBackend(str(tiny_llava_dir))
+    for _ in range(2):
+        backend.generate([request(n=1, max_tokens=4), request(n=2, max_tokens=4), request(json_schema=NARROW_SCHEMA)])
+    backend.generate([request(json_schema=dict(reversed(COORDINATE_SCHEMA.items())), n=1, max_tokens=4)])
+    assert len(compiled) == 2  # the coordinates' schema (in any key order) and the narrow one, once each
+    backend.close()  # a reloaded model may have another tokenizer: its grammars are compiled again
+    backend.generate([request(n=1, max_tokens=4)])
+    assert len(compiled) == 3
+
+
+def test_a_schema_that_cannot_compile_fails_only_its_request(backend: TransformersBackend) -> None:
+    bad = request(json_schema={"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}, tag="bad")
+    good = request(tag="good")
+    responses = backend.generate([bad, good])
+    assert not responses[0].ok and responses[0].texts == ()
+    assert "cannot compile the JSON schema" in (responses[0].error or "") and "nowhere" in (responses[0].error or "")
+    assert responses[1].texts == backend.generate([good])[0].texts

@@ -10,6 +10,11 @@ request and rounds differently, so the texts of one seed can change with the bat
 For LLaVA models the prompt of a request is run through the model once and its KV cache copied to its
 ``n`` samples ("shared prefill"); ``generate`` with ``num_return_sequences=n`` would run it ``n`` times, which
 dominates the cost of G3's long RAG prompts on a CPU.
+
+A request's ``json_schema`` is enforced as the vLLM backend enforces it: compiled (once per schema) into an
+xgrammar grammar, the grammar vLLM uses for that schema, and applied row by row while sampling, so even a
+random model answers one JSON object of the schema (`g3.lmm.constrained` says why xgrammar). Requests
+without a schema are sampled freely, in the same batches.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from transformers import LogitsProcessor
 
 from g3.errors import CheckpointError, MissingDependencyError
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage, decode_request_image
+from g3.lmm.constrained import GrammarCache, GrammarMask
 
 #: The ``dtype`` names the backend takes (besides ``auto``) and their torch dtypes.
 DTYPES = {
@@ -90,8 +96,8 @@ class TransformersBackend(LMMBackend):
 
     ``model`` is a hub id or a local folder; the constructor does no I/O, `load` (called lazily on first use)
     loads the model. ``batch_size`` is the most requests per ``generate`` call (each expands to ``n`` rows);
-    ``max_image_side`` shrinks larger images before preprocessing. ``json_schema`` cannot be enforced here:
-    answers are free text, parsed downstream. Sampling uses only the request's temperature (no top-k/top-p);
+    ``max_image_side`` shrinks larger images before preprocessing. A request's ``json_schema`` constrains its
+    answers (see the module docstring). Sampling uses only the request's temperature (no top-k/top-p);
     other settings of the model's generation config (e.g. repetition penalty) still apply. ``share_prefill``
     computes each prompt once for its ``n`` samples (None: for LLaVA, where it is checked to give the
     answers of plain ``generate``; other models with 1-D positions can opt in).
@@ -123,6 +129,7 @@ class TransformersBackend(LMMBackend):
         self.share_prefill = share_prefill
         self._model: Any = None
         self._processor: Any = None
+        self._grammars: GrammarCache | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 
@@ -196,12 +203,14 @@ class TransformersBackend(LMMBackend):
             tokenizer.pad_token = tokenizer.eos_token
         self._processor = processor
         self._model = model.to(self.device).eval()
+        self._grammars = None
 
     def close(self) -> None:
         """Drop the model (frees its memory once nothing else refers to it)."""
         with self._load_lock:
             self._model = None
             self._processor = None
+            self._grammars = None
 
     async def agenerate(self, requests: Sequence[LMMRequest]) -> list[LMMResponse]:
         """Answer the requests with batched ``generate`` calls run in a worker thread; responses in order."""
@@ -215,12 +224,19 @@ class TransformersBackend(LMMBackend):
         """Decode images, group requests into batches, and run them one batch after another."""
         responses: list[LMMResponse | None] = [None] * len(requests)
         groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+        grammars: dict[int, Any] = {}
         for i, request in enumerate(requests):
             try:
                 image = self._prepare_image(request.image)
             except Exception as exc:
                 responses[i] = _error(request, f"cannot decode the image: {type(exc).__name__}: {exc}", 0.0)
                 continue
+            if request.json_schema is not None:
+                try:
+                    grammars[i] = self._grammar(request.json_schema)
+                except ValueError as exc:
+                    responses[i] = _error(request, str(exc), 0.0)
+                    continue
             groups.setdefault((request.n, request.max_tokens), []).append((i, image))
         with self._generate_lock:
             for members in groups.values():
@@ -229,7 +245,9 @@ class TransformersBackend(LMMBackend):
                     indices = [i for i, _ in batch]
                     t0 = time.perf_counter()
                     try:
-                        results = self._generate_batch([requests[i] for i in indices], [img for _, img in batch])
+                        results = self._generate_batch(
+                            [requests[i] for i in indices], [img for _, img in batch], [grammars.get(i) for i in indices]
+                        )
                     except Exception as exc:
                         elapsed = time.perf_counter() - t0
                         for i in indices:
@@ -244,6 +262,15 @@ class TransformersBackend(LMMBackend):
                         else:
                             responses[i] = LMMResponse(requests[i].tag, *result, elapsed)
         return [r for r in responses if r is not None]
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        """The compiled grammar of a JSON schema (compiled on first use, then cached for the loaded model)."""
+        if self._grammars is None:
+            tokenizer = self._processor.tokenizer
+            eos_ids = _token_ids(self._model.generation_config.eos_token_id) or _token_ids(tokenizer.eos_token_id)
+            vocab_size = self._model.config.get_text_config().vocab_size
+            self._grammars = GrammarCache(tokenizer, vocab_size, eos_ids)
+        return self._grammars.get(schema)
 
     def _prepare_image(self, data: bytes) -> Any:
         image = decode_request_image(data)
@@ -268,8 +295,11 @@ class TransformersBackend(LMMBackend):
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         return inputs
 
-    def _generate_batch(self, requests: list[LMMRequest], images: list[Any]) -> list[_Result | str]:
-        """One ``generate`` call for requests that share ``n`` and ``max_tokens``.
+    def _generate_batch(
+        self, requests: list[LMMRequest], images: list[Any], grammars: list[Any | None]
+    ) -> list[_Result | str]:
+        """One ``generate`` call for requests that share ``n`` and ``max_tokens`` (``grammars``: each one's
+        compiled schema, or None).
 
         Returns each request's texts and usage, or an error message for a request whose prompt plus
         ``max_tokens`` exceeds the model's context.
@@ -279,7 +309,7 @@ class TransformersBackend(LMMBackend):
         max_tokens = requests[0].max_tokens
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         if limit is None or all(length + max_tokens <= limit for length in lengths):
-            return list(self._sample(requests, inputs))
+            return list(self._sample(requests, inputs, grammars))
         results: list[_Result | str] = [
             f"the prompt ({length} tokens) plus max_tokens ({max_tokens}) exceeds the context of {limit} tokens"
             for length in lengths
@@ -287,7 +317,8 @@ class TransformersBackend(LMMBackend):
         fits = [k for k, length in enumerate(lengths) if length + max_tokens <= limit]
         if fits:
             kept = [requests[k] for k in fits]
-            for k, result in zip(fits, self._sample(kept, self._encode(kept, [images[k] for k in fits])), strict=True):
+            kept_inputs = self._encode(kept, [images[k] for k in fits])
+            for k, result in zip(fits, self._sample(kept, kept_inputs, [grammars[k] for k in fits]), strict=True):
                 results[k] = result
         return results
 
@@ -323,8 +354,9 @@ class TransformersBackend(LMMBackend):
             cache_name: cache,
         }
 
-    def _sample(self, requests: list[LMMRequest], inputs: Any) -> list[_Result]:
-        """Run ``generate`` on encoded requests (``n`` samples each) and decode the new tokens."""
+    def _sample(self, requests: list[LMMRequest], inputs: Any, grammars: list[Any | None]) -> list[_Result]:
+        """Run ``generate`` on encoded requests (``n`` samples each, each constrained to its grammar when it
+        has one) and decode the new tokens."""
         model, tokenizer = self._model, self._processor.tokenizer
         n, max_tokens = requests[0].n, requests[0].max_tokens
         prompt_len = inputs["input_ids"].shape[1]
@@ -341,6 +373,11 @@ class TransformersBackend(LMMBackend):
 
         eos_ids = _token_ids(model.generation_config.eos_token_id) or _token_ids(tokenizer.eos_token_id)
         pad_id = tokenizer.pad_token_id
+        processors: list[LogitsProcessor] = [_SeededSampler(temperatures, generators)]
+        if any(g is not None for g in grammars):
+            rows = [g for g in grammars for _ in range(n)]
+            vocab_size = self._grammars.vocab_size if self._grammars is not None else 0
+            processors.insert(0, GrammarMask(rows, vocab_size))  # mask first: the sampler draws among allowed tokens
         devices = [device] if device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if n > 1 and self._shares_prefill():
@@ -352,7 +389,7 @@ class TransformersBackend(LMMBackend):
                 **_NEUTRAL_SAMPLING,
                 max_new_tokens=max_tokens,
                 num_return_sequences=num_return,
-                logits_processor=[_SeededSampler(temperatures, generators)],
+                logits_processor=processors,
                 pad_token_id=pad_id,
                 eos_token_id=eos_ids or None,
             )
