@@ -18,7 +18,7 @@ from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import load_query_image
 from g3.errors import BatchError
 from g3.index import GeoIndex, GPSGallery
-from g3.lmm.base import LMMBackend
+from g3.lmm.base import LMMBackend, LMMResponse
 from g3.lmm.batching import BatchingBackend
 from g3.lmm.prompts import load_template
 from g3.models import GeoAligner
@@ -271,12 +271,19 @@ class G3:
                 completion_tokens=sum(r.usage.completion_tokens for r in responses),
             ),
             parse=state["parse"].to_dict() if "parse" in state else {},
+            raw_answers=self._raw_answers(responses),
             timings=timings,
             warnings=warnings,
             mode=self.config.pipeline.mode,
             note=self.config.note,
             degradations=degradations,
         )
+
+    def _raw_answers(self, responses: Sequence[LMMResponse]) -> dict[str, list[str]]:
+        """Each prompt's raw LMM texts (a failed prompt: none), in the ensemble's prompt order."""
+        order = {spec.name: i for i, spec in enumerate(self.config.effective_ensemble.prompts)}
+        ordered = sorted(responses, key=lambda r: order.get(r.tag, len(order)))
+        return {r.tag: list(r.texts) for r in ordered}
 
     def __enter__(self) -> G3:
         return self

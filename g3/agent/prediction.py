@@ -83,6 +83,10 @@ class GeoPrediction(BaseModel):
     dissimilar: list[Neighbour] = Field(default_factory=list)
     usage: LMMUsage = Field(default_factory=LMMUsage)
     parse: dict[str, Any] = Field(default_factory=dict, description="answer-parsing counts (g3.lmm.ParseStats)")
+    raw_answers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="the LMM's raw answer texts per prompt, in the ensemble's prompt order (empty: no LMM ran)",
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     mode: str = "full"
