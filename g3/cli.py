@@ -447,6 +447,8 @@ def locate(
             failed += 1
             typer.echo(f"error: {photo}: {result}", err=True)
             continue
+        for degradation in result.degradations:  # loud on stderr, also beside --json
+            typer.echo(f"DEGRADED ({degradation.reason}): {photo}: {degradation.message}", err=True)
         if as_json:
             continue
         place = f" — {result.place}" if result.place else ""
@@ -572,6 +574,23 @@ def eval_run(
     limit: Annotated[int | None, typer.Option(help="Only the first N images (smoke runs).")] = None,
     convention: Annotated[str, typer.Option(help="geodesic-lt (G3) | haversine-le (GeoEstimation)")] = "geodesic-lt",
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+    fail_fast: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Stop (exit 2, nothing of them written) when the LMM failed for each of the "
+            "first N photos: unreachable, timed out or erring. 0: never stop.",
+        ),
+    ] = 4,
+    max_degraded: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Exit 3 after writing everything when more than this share of the "
+            "located photos is degraded (e.g. answered from retrieval only because the LMM failed).",
+        ),
+    ] = 0.02,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
@@ -580,22 +599,35 @@ def eval_run(
 ) -> None:
     """Evaluate a G3 configuration on a benchmark: predictions.jsonl, metrics.json, report.md, plots.
 
+    Every prediction records whether and why it degraded; report.md counts the degraded photos by reason at
+    its top. Exit status: 0 done, 2 error (e.g. the LMM failed for the first --fail-fast photos), 3 done but
+    more than --max-degraded of the photos degraded.
     With --ray the photos are located by Ray workers, each holding a G3 (same predictions file, resumable)."""
     from g3.agent import G3
+    from g3.errors import DegradedRunError
     from g3.evaluation.datasets import load_dataset
     from g3.evaluation.runner import run_evaluation
 
     data = load_dataset(dataset, images, csv=metadata) if dataset != "generic" else load_dataset(metadata, images)
     options = _ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
-    if options is not None:
-        from g3.evaluation.distributed import run_evaluation_ray
+    try:
+        if options is not None:
+            from g3.evaluation.distributed import run_evaluation_ray
 
-        result = run_evaluation_ray(config, data, out, options=options, batch_size=batch_size, concurrency=concurrency,
-                                    limit=limit, progress=progress, convention=_convention(convention))  # fmt: skip
-    else:
-        with G3.from_config(config) as g3:
-            result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
-                                    progress=progress, convention=_convention(convention))  # fmt: skip
+            result = run_evaluation_ray(config, data, out, options=options, batch_size=batch_size,
+                                        concurrency=concurrency, limit=limit, progress=progress,
+                                        convention=_convention(convention), fail_fast=fail_fast,
+                                        max_degraded=max_degraded)  # fmt: skip
+        else:
+            with G3.from_config(config) as g3:
+                result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
+                                        progress=progress, convention=_convention(convention), fail_fast=fail_fast,
+                                        max_degraded=max_degraded)  # fmt: skip
+    except DegradedRunError as exc:
+        typer.echo(_accuracy_line(exc.payload["metrics"]))  # type: ignore[arg-type]
+        typer.echo(f"report: {out / 'report.md'}")
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
     typer.echo(_accuracy_line(result["metrics"]))
     typer.echo(f"report: {out / 'report.md'}")
 
@@ -647,11 +679,18 @@ def eval_score(
 def eval_compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).")],
     paper: Annotated[str | None, typer.Option(help="Add the paper's row: im2gps3k | yfcc4k")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for error-CDF and Recall-vs-Area plots of the runs together.")
+    ] = None,
 ) -> None:
-    """Print a Markdown table of several runs side by side."""
-    from g3.evaluation.compare import compare_table
+    """Print a Markdown table of several runs side by side; degraded runs (with their share) and tiny-setting
+    runs are flagged in the table and the plots."""
+    from g3.evaluation.compare import compare_plots, compare_table
 
     typer.echo(compare_table(list(runs), paper=paper))
+    if plots is not None:
+        for path in compare_plots(list(runs), plots).values():
+            typer.echo(f"plot: {path}")
 
 
 @eval_app.command("distribution")

@@ -43,6 +43,23 @@ class ImageTooLargeError(InvalidImageError):
     """An input image over the configured pixel limit (a guard against decompression bombs)."""
 
 
+class EvaluationError(G3Error):
+    """An evaluation run that cannot start or resume as asked."""
+
+
+class LMMUnavailableError(EvaluationError):
+    """An evaluation stopped early: the LMM failed for every photo so far (the message names why and where)."""
+
+
+class DegradedRunError(EvaluationError):
+    """A finished evaluation whose share of degraded predictions is over the limit. Everything was written;
+    ``payload`` holds the run's metrics (as in ``metrics.json``)."""
+
+    def __init__(self, message: str, payload: dict[str, object]) -> None:
+        super().__init__(message)
+        self.payload = payload
+
+
 class RayWorkerError(G3Error):
     """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""
 

@@ -134,6 +134,7 @@ def breakdown(
     min_count: int = 10,
     top: int | None = 20,
     labels: Mapping[Any, str] | None = None,
+    min_listed: int = 0,
 ) -> pd.DataFrame:
     """Scores per value of ``records[group]``: how many images and accuracy at each threshold, median error.
 
@@ -147,13 +148,15 @@ def breakdown(
         min_count: groups with fewer rows go into the ``"other"`` row.
         top: list at most this many groups (the largest); the rest go into ``"other"``. None: no limit.
         labels: names of group values (e.g. ``{0: "indoor"}``); default `KNOWN_LABELS` of ``group``.
+        min_listed: list at least this many of the largest groups even below ``min_count`` (within
+            ``top``), so that a short run's breakdown is not one ``"other"`` row.
 
     Returns:
         One row per group, sorted by ``n`` descending (then by name), the ``"other"`` row last: columns
         ``group`` (named after ``group``), ``n`` (rows, the denominator), ``scored`` (rows with a
         prediction), one accuracy fraction per threshold (``"1km"``, ``"25km"``, …; same keys as
         `summarize`) and ``median_km`` (over scored rows; NaN when none). ``attrs["other_groups"]`` holds
-        how many groups ``"other"`` gathers.
+        how many groups ``"other"`` gathers, ``attrs["other_members"]`` which (``[name, rows]``, largest first).
 
     Raises:
         KeyError: a required column is absent.
@@ -167,6 +170,8 @@ def breakdown(
         raise ValueError(f"min_count must be an integer >= 1, not {min_count!r}")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"top must be an integer >= 1 or None, not {top!r}")
+    if isinstance(min_listed, bool) or not isinstance(min_listed, int) or min_listed < 0:
+        raise ValueError(f"min_listed must be an integer >= 0, not {min_listed!r}")
     names = _group_labels(records[group], labels if labels is not None else KNOWN_LABELS.get(group))
     truth = records[["gt_lat", "gt_lon"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     pred = records[["pred_lat", "pred_lon"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
@@ -174,7 +179,8 @@ def breakdown(
 
     counts = names.value_counts(sort=False)
     ordered = sorted(counts.index, key=lambda g: (-int(counts[g]), str(g)))
-    listed = [g for g in ordered if counts[g] >= min_count and g != OTHER]
+    candidates = [g for g in ordered if g != OTHER]
+    listed = [g for i, g in enumerate(candidates) if counts[g] >= min_count or i < min_listed]
     if top is not None:
         listed = listed[:top]
     rest = [g for g in ordered if g not in set(listed)]
@@ -195,4 +201,5 @@ def breakdown(
     accuracy_keys = [f"{float(t):g}km" for t in thresholds]
     out = pd.DataFrame(rows, columns=[group, "n", "scored", *accuracy_keys, "median_km"])
     out.attrs["other_groups"] = len(rest)
+    out.attrs["other_members"] = [[str(g), int(counts[g])] for g in rest]
     return out

@@ -22,8 +22,9 @@ from typing import Any
 
 from g3.agent import G3Config
 from g3.evaluation.datasets import EvalDataset
+from g3.evaluation.degraded import DEFAULT_FAIL_FAST, check_degraded_share
 from g3.evaluation.metrics import DEFAULT_CONVENTION, Convention
-from g3.evaluation.runner import PREDICTIONS, PredictionWriter, finalize, locate_chunk, pending_items
+from g3.evaluation.runner import PREDICTIONS, PredictionWriter, batch_bounds, finalize, locate_chunk, pending_items
 from g3.index.distributed import RayOptions, call_all, ray_session, run_jobs, start_actors, stop_actors, worker_count
 
 log = logging.getLogger(__name__)
@@ -66,19 +67,22 @@ def run_evaluation_ray(
     progress: bool = True,
     convention: Convention = DEFAULT_CONVENTION,
     on_batch: Callable[[int], None] | None = None,
+    fail_fast: int = DEFAULT_FAIL_FAST,
+    max_degraded: float | None = None,
 ) -> dict[str, Any]:
     """`run_evaluation` with the photos located by Ray actors, each holding a `G3` built from ``config`` (a
     `G3Config`, YAML path or mapping). Same predictions file (dataset order), same resume, same metrics;
     ``on_batch(b)`` is called after batch ``b`` is written (in order). This process loads no model.
 
     Raises `g3.errors.RayWorkerError` when a worker fails (the batches written so far are kept:
-    run again to resume) and `MissingDependencyError` without Ray.
+    run again to resume) and `MissingDependencyError` without Ray; `LMMUnavailableError` and
+    `DegradedRunError` as `run_evaluation` (``fail_fast``, ``max_degraded``).
     """
     options = options or RayOptions()
     config = G3Config.load(config)
     run = Path(run_dir)
     total, items = pending_items(run, dataset, config, limit=limit)
-    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    chunks = [items[start:stop] for start, stop in batch_bounds(len(items), batch_size, first=fail_fast)]
     if chunks:
         with ray_session(options) as ray:
             actors = start_actors(ray, _Locator, options, worker_count(ray, options, len(chunks)),
@@ -88,7 +92,7 @@ def run_evaluation_ray(
                 log.info("%s: locating %d images in %d batches on %d Ray workers", dataset.name, len(items),
                          len(chunks), len(actors))  # fmt: skip
                 with PredictionWriter(run / PREDICTIONS, total=total, initial=total - len(items), progress=progress,
-                                      desc=f"{dataset.name} (ray)") as writer:  # fmt: skip
+                                      desc=f"{dataset.name} (ray)", fail_fast=fail_fast) as writer:  # fmt: skip
                     finished: dict[int, list[dict[str, Any]]] = {}
                     next_batch = 0
 
@@ -108,4 +112,6 @@ def run_evaluation_ray(
                 call_all(ray, actors, "close", "closing G3")
             finally:
                 stop_actors(ray, actors)
-    return finalize(run, dataset, config, convention=convention, limit=limit)
+    payload = finalize(run, dataset, config, convention=convention, limit=limit)
+    check_degraded_share(payload, max_degraded)
+    return payload

@@ -1,8 +1,10 @@
 """The run report (``report.md``) and the metrics file (``metrics.json``) of an evaluation, written atomically.
 
-The report states the dataset, the denominator (every image of the benchmark: missing and failed images
-count as wrong) and the distance convention next to every table, so that its numbers can be compared with
-published ones. Tables use fixed decimals: percentages 2, kilometres and GeoScore 1.
+The report opens with the degraded predictions by reason (when any) and the configuration's note, then
+states the dataset, the denominator (every image of the benchmark: missing and failed images count as
+wrong; or the first images found on disk of a limited run) and the distance convention next to every
+table, so that its numbers can be compared with published ones. Tables use fixed decimals: percentages
+2, kilometres and GeoScore 1.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ PLOT_TITLES: dict[str, str] = {
     "world_map": "Ground truth and predictions",
     "recall_vs_area": "Recall vs Area",
 }
+#: Groups of a breakdown's *other* row named below its table.
+OTHER_NAMED = 12
 _THRESHOLD_NAMES = {1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent"}
 _DASH = "—"
 
@@ -128,6 +132,44 @@ def describe_convention(metrics: Mapping[str, Any]) -> str:
 # --- sections --------------------------------------------------------------------------------------
 
 
+def _degraded_section(degraded: Mapping[str, Any] | None, note: str | None) -> list[str]:
+    """The first lines of a report: degraded photos by reason (loud when any), the configuration's note."""
+    lines: list[str] = []
+    if degraded is not None:
+        mode, photos, located = str(degraded.get("mode", "full")), degraded.get("photos", 0), degraded.get("located")
+        if mode != "full":
+            lines.append(f"**Degraded predictions**: none possible: mode `{mode}` calls no LMM.")
+        elif not photos:
+            lines.append(f"**Degraded predictions**: none: all {fmt_count(located)} located photos got the answer "
+                         "of the configured pipeline.")  # fmt: skip
+        else:
+            share = fmt_percent(degraded.get("share"))
+            lines += [
+                f"## DEGRADED RUN: {fmt_count(photos)} of {fmt_count(located)} located photos ({share}%) did not "
+                "get the configured pipeline's answer",
+                "",
+                "These numbers are not those of the configured method. Degraded photos by reason (a photo with two "
+                "reasons counts under both):",
+                "",
+            ]
+            by_reason: Mapping[str, Any] = degraded.get("by_reason") or {}
+            meanings: Mapping[str, Any] = degraded.get("meanings") or {}
+            examples: Mapping[str, Any] = degraded.get("examples") or {}
+            rows = [
+                [f"`{reason}`", fmt_count(count), fmt_percent(count / located if located else None),
+                 meanings.get(reason, ""), examples.get(reason, "")]
+                for reason, count in by_reason.items()
+            ]  # fmt: skip
+            lines += _table(["reason", "photos", "% of located", "meaning", "example"], rows,
+                            align=["l", "r", "r", "l", "l"])  # fmt: skip
+        if degraded.get("unchecked"):
+            lines += ["", f"{fmt_count(degraded['unchecked'])} predictions were written before g3 recorded "
+                      "degradations and count as not degraded."]  # fmt: skip
+    if note:
+        lines += ["", f"**Note of the configuration**: {note}"]
+    return lines
+
+
 def _dataset_section(dataset: str | EvalDataset, metrics: Mapping[str, Any]) -> list[str]:
     name = dataset.name if isinstance(dataset, EvalDataset) else str(dataset)
     denominator = _number(metrics.get("denominator"))
@@ -138,14 +180,28 @@ def _dataset_section(dataset: str | EvalDataset, metrics: Mapping[str, Any]) -> 
             lines.append(f"- **Metadata**: `{dataset.source}` ({len(dataset.frame)} rows)")
         if dataset.image_dir is not None:
             lines.append(f"- **Images**: `{dataset.image_dir}`, {len(dataset.missing)} of {len(dataset.frame)} missing")
-    lines.append(
-        f"- **Denominator**: {fmt_count(denominator)} images: every image of the benchmark. Missing and failed "
-        "images count as wrong."
-    )
+    size = len(dataset.frame) if isinstance(dataset, EvalDataset) else None
+    whole = size is None or denominator is None or denominator >= size
+    if whole:
+        lines.append(
+            f"- **Denominator**: {fmt_count(denominator)} images: every image of the benchmark. Missing and failed "
+            "images count as wrong."
+        )
+    else:
+        lines.append(
+            f"- **Denominator**: {fmt_count(denominator)} images: only the first {fmt_count(denominator)} images "
+            f"found on disk (a run limited with --limit), not the benchmark's {size}; failed images "
+            "count as wrong. These numbers are not comparable with published ones."
+        )
     if denominator is not None and scored is not None:
         unscored = round(denominator - scored)
         detail = ""
-        if isinstance(dataset, EvalDataset) and dataset.image_dir is not None and unscored >= len(dataset.missing):
+        if (
+            whole
+            and isinstance(dataset, EvalDataset)
+            and dataset.image_dir is not None
+            and unscored >= len(dataset.missing)
+        ):
             detail = f" ({len(dataset.missing)} images missing from disk, {unscored - len(dataset.missing)} failed)"
         lines.append(f"- **Scored**: {fmt_count(scored)} images with a prediction; {unscored} without{detail}.")
     lines.append(f"- **Convention**: {describe_convention(metrics)}")
@@ -241,7 +297,10 @@ def _breakdown_table(name: str, frame: pd.DataFrame, op: str) -> list[str]:
     lines = _table(header, rows)
     other = frame.attrs.get("other_groups")
     if other:
-        lines += ["", f"*other* gathers {other} smaller groups."]
+        members = frame.attrs.get("other_members") or []
+        shown = ", ".join(f"{name} ({count})" for name, count in members[:OTHER_NAMED])
+        more = f" and {len(members) - OTHER_NAMED} more" if len(members) > OTHER_NAMED else ""
+        lines += ["", f"*other* gathers {other} smaller groups" + (f": {shown}{more}." if shown else ".")]
     return lines
 
 
@@ -300,11 +359,16 @@ def render_report(
     config_summary: Mapping[str, Any] | None = None,
     git_sha: str | None = None,
     notes: Sequence[str] | None = None,
+    degraded: Mapping[str, Any] | None = None,
+    note: str | None = None,
 ) -> str:
     """The Markdown text of `write_report` (same arguments)."""
     run = Path(run_dir)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {title}", "", f"Written {when}.", ""]
+    top = _degraded_section(degraded, note)
+    if top:
+        lines += [*top, ""]
     lines += _dataset_section(dataset, metrics)
     lines += ["", *_accuracy_section(metrics)]
     if rvA:
@@ -331,6 +395,8 @@ def write_report(
     config_summary: Mapping[str, Any] | None = None,
     git_sha: str | None = None,
     notes: Sequence[str] | None = None,
+    degraded: Mapping[str, Any] | None = None,
+    note: str | None = None,
 ) -> Path:
     """Write ``<run_dir>/report.md`` atomically and return its path.
 
@@ -346,6 +412,8 @@ def write_report(
         config_summary: settings worth printing (values that are not text are shown as JSON).
         git_sha: the commit of the code, or None.
         notes: free lines, e.g. how many images were missing or failed.
+        degraded: a `g3.evaluation.degraded.degraded_summary`, reported first (loudly when any photo degraded).
+        note: the configuration's note (e.g. the tiny setting's), shown at the top.
     """
     run = Path(run_dir)
     text = render_report(
@@ -359,6 +427,8 @@ def write_report(
         config_summary=config_summary,
         git_sha=git_sha,
         notes=notes,
+        degraded=degraded,
+        note=note,
     )
     path = run / REPORT_NAME
     atomic_write_text(path, text)

@@ -3,14 +3,17 @@
 A run folder holds::
 
     config.yaml         the resolved G3Config (a resumed run must use the same one)
-    predictions.jsonl   one line per image, appended and flushed as results arrive
-    metrics.json        scores, counts, convention, config, git SHA (written at the end)
-    report.md           tables, per-continent / country / scene breakdowns, plots
+    predictions.jsonl   one line per image, appended and flushed as results arrive (with whether and
+                        why its prediction degraded)
+    metrics.json        scores, counts, degraded photos by reason, convention, config, git SHA (at the end)
+    report.md           degraded photos first, then tables, per-continent / country / scene breakdowns, plots
     error_cdf.png  world_map.png  recall_vs_area.png
 
 An interrupted run started again with the same folder skips every image already in
 ``predictions.jsonl``. Images missing from disk and images that fail count as wrong: the denominator
-is always the whole dataset.
+is the whole dataset (or, with ``limit``, the first images found on disk). A run stops early when the
+LMM fails for each of its first photos, and a finished run with too many degraded photos raises
+(`g3.evaluation.degraded`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import yaml
 
 from g3 import __version__
 from g3.agent import G3, G3Config, GeoPrediction
-from g3.errors import G3Error
+from g3.errors import EvaluationError, G3Error
 from g3.evaluation.datasets import EvalDataset
+from g3.evaluation.degraded import DEFAULT_FAIL_FAST, FailFast, check_degraded_share, degraded_summary
 from g3.evaluation.metrics import DEFAULT_CONVENTION, THRESHOLDS_KM, Convention, distances_km, recall_vs_area, summarize
 from g3.io import atomic_write_text
 
@@ -39,10 +43,8 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 CONFIG = "config.yaml"
-
-
-class EvaluationError(G3Error):
-    """A run that cannot start or resume as asked."""
+#: Breakdowns list at least this many of the largest groups, however small (a short run's groups all are).
+BREAKDOWN_MIN_LISTED = 8
 
 
 def git_sha() -> str | None:
@@ -66,7 +68,8 @@ def prediction_record(
         "gt_lon": truth[1] if truth else None,
     }
     if isinstance(result, BaseException):
-        return record | {"pred_lat": None, "pred_lon": None, "error": f"{type(result).__name__}: {result}"}
+        return record | {"pred_lat": None, "pred_lon": None, "error": f"{type(result).__name__}: {result}",
+                         "degraded": False, "degradations": []}  # fmt: skip
     return record | {
         "pred_lat": result.lat,
         "pred_lon": result.lon,
@@ -76,6 +79,8 @@ def prediction_record(
         "warnings": result.warnings,
         "timings": result.timings,
         "error": None,
+        "degraded": result.degraded,
+        "degradations": [d.model_dump(mode="json") for d in result.degradations],
     }
 
 
@@ -146,12 +151,19 @@ def locate_chunk(
 
 class PredictionWriter:
     """Appends records to a predictions file, flushed and fsynced per `write`, with a progress bar that shows
-    the running accuracy when truth is known. Use as a context manager."""
+    the running accuracy when truth is known. Use as a context manager.
 
-    def __init__(self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate") -> None:
+    With ``fail_fast`` N > 0 the first records are held back until one shows a working LMM, and `write`
+    raises `LMMUnavailableError` (without writing them) when the LMM failed for each of the first N located
+    photos (`g3.evaluation.degraded.FailFast`)."""
+
+    def __init__(
+        self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate", fail_fast: int = 0
+    ) -> None:
         self.path, self.total, self.initial, self.progress, self.desc = path, total, initial, progress, desc
         self.hits = {25.0: 0, 2500.0: 0}
         self.located = 0
+        self.watch = FailFast(fail_fast)
 
     def __enter__(self) -> PredictionWriter:
         from tqdm.auto import tqdm
@@ -161,11 +173,20 @@ class PredictionWriter:
         self.bar = tqdm(total=self.total, initial=self.initial, unit="img", disable=not self.progress, desc=self.desc)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-        self.out.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:  # a run shorter than the fail-fast probe: write what is held
+                self._append(self.watch.release(), shown=0)  # counted on the bar when fed
+        finally:
+            self.bar.close()
+            self.out.close()
 
     def write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` (or hold them while probing the LMM; see the class); raises
+        `LMMUnavailableError` when the probe fails."""
+        self._append(self.watch.feed(records), shown=len(records))
+
+    def _append(self, records: list[dict[str, Any]], shown: int | None = None) -> None:
         for record in records:
             self.out.write(json.dumps(record) + "\n")
             truth = (record["gt_lat"], record["gt_lon"])
@@ -176,7 +197,7 @@ class PredictionWriter:
                 self.hits = {t: self.hits[t] + (d <= t) for t in self.hits}
         self.out.flush()
         os.fsync(self.out.fileno())
-        self.bar.update(len(records))
+        self.bar.update(len(records) if shown is None else shown)
         if self.located:
             self.bar.set_postfix({f"≤{t:g}km": f"{100 * h / self.located:.1f}%" for t, h in self.hits.items()})
 
@@ -192,15 +213,31 @@ def locate_into(
     desc: str = "locate",
     total: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    fail_fast: int = 0,
 ) -> None:
     """Locate ``(img_id, image path, truth or None)`` items, appending one JSONL line each to ``path``
-    (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known."""
+    (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known.
+    ``fail_fast``: see `PredictionWriter` (the first batch then holds that many photos)."""
     total = len(items) if total is None else total
-    with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc) as writer:
-        for start in range(0, len(items), batch_size):
-            writer.write(locate_chunk(g3, items[start : start + batch_size], concurrency=concurrency))
+    with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc,
+                          fail_fast=fail_fast) as writer:  # fmt: skip
+        for number, (start, stop) in enumerate(batch_bounds(len(items), batch_size, first=fail_fast)):
+            writer.write(locate_chunk(g3, items[start:stop], concurrency=concurrency))
             if on_batch is not None:
-                on_batch(start // batch_size)
+                on_batch(number)
+
+
+def batch_bounds(count: int, batch_size: int, *, first: int = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches of ``count`` items: a first batch of ``first`` items when 0 < ``first``
+    < ``batch_size`` (a quick probe of the LMM), then batches of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    bounds, start = [], 0
+    while start < count:
+        size = first if start == 0 and 0 < first < batch_size else batch_size
+        bounds.append((start, min(start + size, count)))
+        start += size
+    return bounds
 
 
 def pending_items(
@@ -235,16 +272,23 @@ def run_evaluation(
     progress: bool = True,
     convention: Convention = DEFAULT_CONVENTION,
     on_batch: Callable[[int], None] | None = None,
+    fail_fast: int = DEFAULT_FAIL_FAST,
+    max_degraded: float | None = None,
 ) -> dict[str, Any]:
     """Locate the dataset's images (resuming), then write metrics, report and plots; returns the metrics.
 
+    Raises `LMMUnavailableError` (nothing of those photos written) when the LMM failed for each of the first
+    ``fail_fast`` photos located (0: never stop), and `DegradedRunError` after writing everything when more
+    than ``max_degraded`` (a fraction; None: no limit) of the located photos are degraded.
     `g3.evaluation.distributed.run_evaluation_ray` does the same on Ray workers.
     """
     run = Path(run_dir)
     total, items = pending_items(run, dataset, g3.config, limit=limit)
     locate_into(g3, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
-                desc=dataset.name, total=total, on_batch=on_batch)  # fmt: skip
-    return finalize(run, dataset, g3.config, convention=convention, limit=limit)
+                desc=dataset.name, total=total, on_batch=on_batch, fail_fast=fail_fast)  # fmt: skip
+    payload = finalize(run, dataset, g3.config, convention=convention, limit=limit)
+    check_degraded_share(payload, max_degraded)
+    return payload
 
 
 def finalize(
@@ -255,9 +299,11 @@ def finalize(
     from g3.evaluation.plots import error_cdf, recall_area_curve, world_map
     from g3.evaluation.report import write_metrics_json, write_report
 
-    records = pd.DataFrame(read_predictions(run / PREDICTIONS))
+    raw = read_predictions(run / PREDICTIONS)
+    records = pd.DataFrame(raw)
     if records.empty:
         raise EvaluationError(f"{run / PREDICTIONS} holds no prediction")
+    degraded = degraded_summary(raw, config.pipeline.mode)
     denominator = len(dataset.frame) if limit is None else min(limit, len(dataset.frame))
     ok = records[records["error"].isna()].reset_index(drop=True)
     truth = ok[["gt_lat", "gt_lon"]].to_numpy(dtype=np.float64)
@@ -274,7 +320,7 @@ def finalize(
     located = locate_truth(joined.rename(columns={"gt_lat": "LAT", "gt_lon": "LON"}))
     joined[["country", "continent"]] = located[["country", "continent"]].to_numpy()
     groups = ["continent", "country"] + [c for c in ("S3_Label",) if c in joined.columns]
-    breakdowns = {g: breakdown(joined, g, convention=convention) for g in groups}
+    breakdowns = {g: breakdown(joined, g, convention=convention, min_listed=BREAKDOWN_MIN_LISTED) for g in groups}
 
     distances = distances_km(truth, pred, convention)
     plots = {
@@ -285,15 +331,15 @@ def finalize(
         plots["recall_vs_area"] = recall_area_curve({config.pipeline.mode: rva["curve"]}, run / "recall_vs_area.png")
     sha = git_sha()
     failures = records[records["error"].notna()]
-    notes = [
-        *(
-            [f"smoke run: limited to the first {limit} images found on disk (denominator {denominator})"]
-            if limit
-            else []
-        ),
-        f"{len(dataset.missing)} images of the dataset are missing from disk and count as wrong",
-        f"{len(failures)} images failed (recorded in predictions.jsonl) and count as wrong",
-    ]
+    if denominator < len(dataset.frame):
+        notes = [
+            f"smoke run: limited to the first {denominator} images found on disk (--limit {limit}); the "
+            f"{len(dataset.frame) - denominator} other images of the benchmark, {len(dataset.missing)} of them "
+            "missing from disk, are not part of this run's denominator",
+        ]
+    else:
+        notes = [f"{len(dataset.missing)} images of the dataset are missing from disk and count as wrong"]
+    notes.append(f"{len(failures)} images failed (recorded in predictions.jsonl) and count as wrong")
     payload = {
         "dataset": dataset.name,
         "metrics": metrics,
@@ -304,7 +350,10 @@ def finalize(
             "failed": len(failures),
             "missing_images": len(dataset.missing),
             "denominator": denominator,
+            "degraded": degraded["photos"],
         },
+        "degraded": degraded,
+        "note": config.note,
         "config": config.model_dump(mode="json"),
         "g3_version": __version__,
         "git_sha": sha,
@@ -327,5 +376,7 @@ def finalize(
         },
         git_sha=sha,
         notes=notes,
+        degraded=degraded,
+        note=config.note,
     )
     return payload

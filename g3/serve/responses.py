@@ -30,11 +30,18 @@ def wants_json(request: ChatCompletionRequest) -> bool:
 
 
 def answer_text(prediction: GeoPrediction, rank: int) -> str:
-    """A short natural-language answer for the candidate of ``rank`` (0 = the answer)."""
+    """A short natural-language answer for the candidate of ``rank`` (0 = the answer); a degraded prediction's
+    answers start with ``DEGRADED (reasons)`` and the answer says why."""
     c = prediction.candidates[rank]
     place = f" near {prediction.place}" if rank == 0 and prediction.place else ""
     lead = "The photo was most likely taken" if rank == 0 else f"Alternative #{rank}: the photo may have been taken"
     text = f"{lead}{place} at latitude {c.lat:.5f}, longitude {c.lon:.5f} (score {c.score:.3f}, from {c.source})."
+    if prediction.degraded:
+        reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
+        text = f"DEGRADED ({reasons}): {text}"
+        if rank == 0:
+            why = " ".join(d.message.rstrip(".") + "." for d in prediction.degradations)
+            text += f" This answer is degraded: {why}"
     if rank == 0 and prediction.warnings:
         text += " Note: " + " ".join(w.rstrip(".") + "." for w in prediction.warnings)
     return text
