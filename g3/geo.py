@@ -6,17 +6,23 @@ Conventions used throughout g3:
 * distances are in kilometres;
 * projections are written in torch so that they run inside a model's forward pass on any device,
   with no per-point Python loop and no pyproj.
+
+torch is imported only by the torch functions: numpy callers (the configuration, geocoding, scoring)
+start without it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, TypeVar, overload
+import sys
+from typing import TYPE_CHECKING, Literal, TypeGuard, TypeVar, overload
 
 import numpy as np
-import torch
 
 from g3.errors import InvalidCoordinatesError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Mean Earth radius (IUGG) in km, used by the haversine distance.
 EARTH_RADIUS_KM = 6371.0088
@@ -34,7 +40,13 @@ _EE_A4 = 0.003796
 _EE_SF = 66.50336
 
 Projection = Literal["mercator", "equal_earth"]
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+
+
+def is_tensor(value: object) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` is a torch tensor, without importing torch (no tensor exists before torch is loaded)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -86,7 +98,7 @@ def validate_latlon(points: object, *, what: str = "coordinates") -> np.ndarray:
 
 
 def _as_float_array(values: object, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if is_tensor(values):
         values = values.detach().cpu().numpy()
     try:
         return np.asarray(values, dtype=np.float64)
@@ -100,7 +112,9 @@ def wrap_longitude(lon: float) -> float: ...
 def wrap_longitude(lon: ArrayT) -> ArrayT: ...
 def wrap_longitude(lon: float | np.ndarray | torch.Tensor) -> float | np.ndarray | torch.Tensor:
     """Wrap longitudes in degrees into [-180, 180); 180 maps to -180, the same meridian."""
-    if isinstance(lon, torch.Tensor):
+    if is_tensor(lon):
+        import torch
+
         return torch.remainder(lon + 180.0, 360.0) - 180.0
     wrapped = np.remainder(np.asarray(lon, dtype=np.float64) + 180.0, 360.0) - 180.0
     return float(wrapped) if np.ndim(wrapped) == 0 else wrapped
@@ -111,12 +125,15 @@ def haversine_km(lat1: ArrayT, lon1: ArrayT, lat2: ArrayT, lon2: ArrayT) -> Arra
 
     Works on numpy arrays (float64) and torch tensors (their dtype and device). Inputs in degrees.
     """
-    if isinstance(lat1, torch.Tensor):
-        p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
-        dphi = p2 - p1
-        dlmb = torch.deg2rad(lon2) - torch.deg2rad(lon1)
-        a = torch.sin(dphi / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlmb / 2) ** 2
-        return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(torch.clamp(a, 0.0, 1.0)))
+    if "torch" in sys.modules:  # else no tensor exists
+        import torch
+
+        if isinstance(lat1, torch.Tensor):
+            p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
+            dphi = p2 - p1
+            dlmb = torch.deg2rad(lon2) - torch.deg2rad(lon1)
+            a = torch.sin(dphi / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlmb / 2) ** 2
+            return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(torch.clamp(a, 0.0, 1.0)))
     p1n, p2n = np.radians(np.asarray(lat1, np.float64)), np.radians(np.asarray(lat2, np.float64))
     dphi_n = p2n - p1n
     dlmb_n = np.radians(np.asarray(lon2, np.float64)) - np.radians(np.asarray(lon1, np.float64))
@@ -154,6 +171,8 @@ def mercator_projection(latlon: torch.Tensor) -> torch.Tensor:
     [-1, 1]. Latitudes are clamped to ±`WEB_MERCATOR_MAX_LAT` (the poles are at infinity otherwise).
     Computed in float64 and returned in the input's floating dtype (float32 for integer input).
     """
+    import torch
+
     out_dtype = latlon.dtype if latlon.is_floating_point() else torch.float32
     x64 = latlon.to(torch.float64)
     lat = torch.clamp(x64[..., 0], -WEB_MERCATOR_MAX_LAT, WEB_MERCATOR_MAX_LAT)
@@ -170,6 +189,8 @@ def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
     operations follow GeoCLIP's order in the input dtype so that GeoCLIP's weights see the same inputs
     bit for bit (high-frequency Fourier features amplify any rounding difference).
     """
+    import torch
+
     if not latlon.is_floating_point():
         latlon = latlon.to(torch.float32)
     lat = torch.deg2rad(latlon[:, 0])

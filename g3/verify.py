@@ -21,14 +21,17 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from g3.geo import pairwise_haversine_km, validate_coordinates, validate_latlon
-from g3.models.aligner import GeoAligner
+from g3.geo import is_tensor, pairwise_haversine_km, validate_coordinates, validate_latlon
+
+if TYPE_CHECKING:  # torch is imported where an aligner is used: `VerifyConfig` (in every G3Config) needs none
+    import torch
+
+    from g3.models.aligner import GeoAligner
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,9 @@ DEFAULT_VERIFY_CONFIG = VerifyConfig()
 
 
 def _as_matrix(values: object, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if is_tensor(values):
+        import torch
+
         values = values.detach().to(device="cpu", dtype=torch.float64).numpy()
     try:
         arr = np.asarray(values, dtype=np.float64)
@@ -260,6 +265,8 @@ def _given_embeddings(location_embeddings: object, n: int) -> np.ndarray | None:
 
 def _aligner_embeddings(coords: np.ndarray, aligner: GeoAligner) -> np.ndarray:
     """Location embeddings ``(n, D)`` of already validated coordinates, without gradients."""
+    import torch
+
     points = torch.as_tensor(coords, dtype=torch.float32, device=aligner.device)
     with torch.no_grad():
         return _as_matrix(aligner.encode_gps(points, validate=False), "aligner.encode_gps output")

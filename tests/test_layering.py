@@ -13,6 +13,7 @@ LAYERS = {
     "assets": 0,
     "errors": 0,
     "io": 0,
+    "lazy": 0,
     "geo": 1,
     "models": 2,
     "data": 2,

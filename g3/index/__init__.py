@@ -3,11 +3,26 @@
 The llama-index retriever lives in `g3.index.retriever` (imported on demand: it loads llama-index).
 """
 
-from g3.index.backend import FaissBackend, SearchBackend
-from g3.index.build import IndexBuildConfig, build_index
-from g3.index.gallery import GallerySearchResult, GPSGallery, load_gallery_coordinates
-from g3.index.geo_index import GeoIndex, Neighbours, SearchResult
-from g3.index.manifest import IndexManifest
+from typing import TYPE_CHECKING
+
+from g3.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from g3.index.backend import FaissBackend, SearchBackend
+    from g3.index.build import IndexBuildConfig, build_index
+    from g3.index.gallery import GallerySearchResult, GPSGallery, load_gallery_coordinates
+    from g3.index.geo_index import GeoIndex, Neighbours, SearchResult
+    from g3.index.manifest import IndexManifest
+
+#: public name → its module, imported on first use (keeps this package's import light)
+_EXPORTS = {
+    "g3.index.backend": ("FaissBackend", "SearchBackend"),
+    "g3.index.build": ("IndexBuildConfig", "build_index"),
+    "g3.index.gallery": ("GallerySearchResult", "GPSGallery", "load_gallery_coordinates"),
+    "g3.index.geo_index": ("GeoIndex", "Neighbours", "SearchResult"),
+    "g3.index.manifest": ("IndexManifest",),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "FaissBackend",

@@ -5,9 +5,22 @@ OpenAI-compatible server, e.g. ``vllm serve``), `g3.lmm.vllm_backend.VLLMBackend
 ``vllm.LLM``), `g3.lmm.transformers_backend.TransformersBackend` (CPU / small models).
 """
 
-from g3.lmm.base import COORDINATE_SCHEMA, LMMBackend, LMMRequest, LMMResponse, Usage, encode_image
-from g3.lmm.parse import ParsedAnswer, ParseStats, parse_answer, parse_answers
-from g3.lmm.prompts import EnsembleConfig, Evidence, PromptSpec, build_requests, paper_prompts, render_prompt
+from typing import TYPE_CHECKING
+
+from g3.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from g3.lmm.base import COORDINATE_SCHEMA, LMMBackend, LMMRequest, LMMResponse, Usage, encode_image
+    from g3.lmm.parse import ParsedAnswer, ParseStats, parse_answer, parse_answers
+    from g3.lmm.prompts import EnsembleConfig, Evidence, PromptSpec, build_requests, paper_prompts, render_prompt
+
+#: public name → its module, imported on first use (keeps this package's import light)
+_EXPORTS = {
+    "g3.lmm.base": ("COORDINATE_SCHEMA", "LMMBackend", "LMMRequest", "LMMResponse", "Usage", "encode_image"),
+    "g3.lmm.parse": ("ParsedAnswer", "ParseStats", "parse_answer", "parse_answers"),
+    "g3.lmm.prompts": ("EnsembleConfig", "Evidence", "PromptSpec", "build_requests", "paper_prompts", "render_prompt"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "COORDINATE_SCHEMA",
