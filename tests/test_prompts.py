@@ -1,4 +1,4 @@
-"""G3's prompt ensemble: paper defaults, rendering through llama-index templates, custom prompt folders."""
+"""G3's prompt ensemble: paper defaults, rendering (banks, like RichPromptTemplate), custom prompt folders."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from g3.lmm.prompts import (
     PromptSpec,
     build_requests,
     default_prompt_dir,
+    load_template,
     render_prompt,
 )
 
@@ -112,3 +113,24 @@ def test_shipped_templates_and_cli_export(tmp_path: Path) -> None:
     assert again.returncode != 0 and "--force" in again.stderr
     shown = subprocess.run([g3, "prompts", "show", "-k", "2"], check=True, capture_output=True, text=True).stdout
     assert shown.count("--- rag_") == 3 and "(48.8584, 2.2945)" in shown
+
+
+def test_rendering_gives_llama_index_rich_prompt_template_text(tmp_path: Path) -> None:
+    """banks, called directly, renders the text of llama-index's RichPromptTemplate (which renders with banks)."""
+    from llama_index.core.prompts import RichPromptTemplate
+
+    (tmp_path / "x.j2").write_text(
+        "  {% for n in similar %}\n{{ n.lat | round(1) }}{{ ',' if not loop.last }}\n{% endfor %}"
+    )
+    similar = [{"lat": 10.0 + i, "lon": 20.0 + i, "place": f"Town{i}"} for i in range(5)]
+    dissimilar = [{"lat": -10.0 - i, "lon": -20.0 - i, "place": f"Far{i}"} for i in range(3)]
+    for path in [*default_prompt_dir().glob("*.j2"), tmp_path / "x.j2"]:
+        for k, names in ((0, False), (5, False), (3, True)):
+            context = {"similar": similar[:k], "dissimilar": dissimilar[:k], "with_place_names": names,
+                       "k_similar": k, "k_dissimilar": k}  # fmt: skip
+            expected = RichPromptTemplate(path.read_text()).format(**context)
+            assert load_template(path.name, path.parent).text(context) == expected
+    assert render_prompt(PromptSpec(name="x", template="x.j2", k_similar=2), EVIDENCE, tmp_path) == "10.0,\n11.0"
+    (tmp_path / "chat.j2").write_text('{% chat role="user" %}Where?{% endchat %}')
+    with pytest.raises(PromptError, match="chat blocks"):
+        render_prompt(PromptSpec(name="c", template="chat.j2"), EVIDENCE, tmp_path)

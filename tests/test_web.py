@@ -173,6 +173,7 @@ def map_centre(page: Any, map_id: str) -> tuple[float, float]:
 def shot(page: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name
+    page.evaluate("window.scrollTo(0, 0)")  # a layer rastered while scrolled away can show cut in a full-page shot
     page.screenshot(path=str(path), full_page=True)
     return path
 
@@ -221,6 +222,7 @@ def test_one_photo_steps_map_table_and_evidence(site: Site, browser: Any) -> Non
         expected.lon,
     )
     assert expected.place and page.locator("#answer .place").inner_text() == expected.place
+    assert not expected.degraded and page.locator("#degraded").is_hidden()
     rows = page.locator("#candidates tbody tr")
     table = [
         (float(r.get_attribute("data-lat")), float(r.get_attribute("data-lon")), r.get_attribute("data-source"),
@@ -540,6 +542,43 @@ def test_phone_screen_has_no_horizontal_overflow(site: Site, browser: Any) -> No
     assert not problems, problems
     shot(page, "web-phone.png")
     page.context.close()
+
+
+def test_a_degraded_answer_is_shown_loudly(parts: tuple[GeoAligner, GeoIndex, Path, Path], browser: Any) -> None:
+    """An LMM that fails on every prompt: the answer comes from retrieval alone, and the page says so."""
+    aligner, index, root, _ = parts
+    photos = [PHOTOS / name for name in sorted(p.name for p in root.glob("*@*.jpg"))[3:5]]
+    with serving(make_g3((aligner, index), ScriptedLMM("raise")), ServeSettings(image_root=root)) as (url, _):
+        expected = api_prediction(url, photos[0])
+        assert expected.degraded and expected.degradations
+        page, _, problems = open_page(browser, url, accept_downloads=True)
+        page.set_input_files("#file-input", str(photos[0]))
+        page.wait_for_selector("#single[data-state=done]", timeout=30_000)
+        banner = page.locator("#degraded")
+        assert banner.is_visible() and banner.get_attribute("role") == "alert"
+        assert "Degraded answer" in banner.inner_text()
+        reasons = banner.locator("li").evaluate_all("ls => ls.map(l => l.dataset.reason)")
+        assert reasons == [d.reason for d in expected.degradations]
+        assert all(d.message in banner.inner_text() for d in expected.degradations)
+        # above the answer, where it cannot be missed
+        top, answer = banner.bounding_box(), page.locator("#answer").bounding_box()
+        assert top is not None and answer is not None and top["y"] < answer["y"]
+        shot(page, "web-degraded.png")
+
+        page.set_input_files("#file-input", [str(p) for p in photos])
+        page.wait_for_selector("#batch[data-state=done]", timeout=60_000)
+        rows = page.locator("#batch-table tbody tr[data-degraded=true]")
+        assert rows.count() == 2 and rows.nth(0).locator(".badge").inner_text().lower() == "degraded"
+        assert expected.degradations[0].reason in rows.nth(0).locator(".status-cell").inner_text()
+        assert "(2 degraded)" in page.locator("#batch-progress").inner_text()
+        with page.expect_download() as download:
+            page.click("#download-csv")
+        table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+        assert [r["degraded"] for r in table] == [" ".join(d.reason for d in expected.degradations)] * 2
+        assert_batch_table_fits(page)
+        assert not problems, problems
+        shot(page, "web-batch-degraded.png")
+        page.context.close()
 
 
 class TileServer:

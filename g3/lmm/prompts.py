@@ -5,8 +5,9 @@ The paper's ensemble is one zero-shot prompt and three RAG prompts showing the c
 at a high temperature, and the first ``candidates_per_prompt`` parsed answers of each prompt go to
 verification together with the top ``retrieved_candidates`` retrieved coordinates.
 
-Templates are Jinja files (default: the ``prompts/`` folder shipped with g3) rendered with
-llama-index's ``RichPromptTemplate``.
+Templates are Jinja files (default: the ``prompts/`` folder shipped with g3) rendered by banks, the
+template engine of llama-index's ``RichPromptTemplate``: the same text (a test compares them), without
+importing llama-index's package (1–3 s on a 2-core machine, at every start of ``g3``).
 """
 
 from __future__ import annotations
@@ -107,15 +108,31 @@ def default_prompt_dir() -> Path:
     return Path(str(importlib.resources.files("g3.lmm") / "prompts"))
 
 
+class _NoRenderCache:
+    """banks' render cache, turned off: every photo's evidence differs, so it would only grow."""
+
+    def get(self, context: dict[str, Any]) -> str | None:
+        return None
+
+    def set(self, context: dict[str, Any], prompt: str) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
 @cache
 def _template(path: Path, mtime_ns: int) -> Any:
-    from llama_index.core.prompts import RichPromptTemplate
+    from banks import Prompt
 
-    return RichPromptTemplate(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    if "endchat" in text:
+        raise ValueError("chat blocks ({% chat %}) are not supported: a G3 prompt is one text beside the photo")
+    return Prompt(text, render_cache=_NoRenderCache())
 
 
 def load_template(name: str, prompt_dir: Path | None = None) -> Any:
-    """The llama-index ``RichPromptTemplate`` of ``name`` in ``prompt_dir`` (cached until the file changes)."""
+    """The banks ``Prompt`` of ``name`` in ``prompt_dir`` (cached until the file changes)."""
     folder = prompt_dir or default_prompt_dir()
     path = folder / name
     if not path.is_file():
@@ -139,12 +156,14 @@ def render_prompt(spec: PromptSpec, evidence: Evidence, prompt_dir: Path | None 
     """The text of one prompt for one image."""
     template = load_template(spec.template, prompt_dir)
     try:
-        text = template.format(
-            similar=_neighbours(evidence.similar, evidence.similar_places, spec.k_similar),
-            dissimilar=_neighbours(evidence.dissimilar, evidence.dissimilar_places, spec.k_dissimilar),
-            with_place_names=spec.with_place_names,
-            k_similar=spec.k_similar,
-            k_dissimilar=spec.k_dissimilar,
+        text = template.text(
+            {
+                "similar": _neighbours(evidence.similar, evidence.similar_places, spec.k_similar),
+                "dissimilar": _neighbours(evidence.dissimilar, evidence.dissimilar_places, spec.k_dissimilar),
+                "with_place_names": spec.with_place_names,
+                "k_similar": spec.k_similar,
+                "k_dissimilar": spec.k_dissimilar,
+            }
         )
     except Exception as exc:  # jinja raises many kinds; all mean the template is broken
         raise PromptError(f"prompt template {spec.template!r} cannot be rendered: {exc}") from exc

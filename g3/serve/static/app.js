@@ -647,7 +647,7 @@
     const p = job.prediction;
     const degraded = isDegraded(p);
     let status = job.status === "error" ? job.error : job.status;
-    if (degraded) status = "done, degraded: " + degradations(p).map((d) => d.reason).join(", ");
+    if (degraded) status = degradations(p).map((d) => d.reason).join(", ") || "done";
     const details = h("button", { type: "button", class: "small ghost", "data-job": job.id, disabled: !p && !job.steps.length }, "Details");
     details.append(h("span", { class: "visually-hidden", text: " for " + job.name }));
     details.addEventListener("click", () => {
@@ -842,13 +842,17 @@
       await Promise.all(Array.from({ length: Math.min(CONCURRENCY, jobs.length) }, worker));
       if (run.signal.aborted) return;
       const failed = jobs.filter((j) => j.status === "error").length;
-      setStatus("Batch finished: " + (jobs.length - failed) + " located" + (failed ? ", " + failed + " failed" : "") + ".");
+      const degraded = jobs.filter((j) => isDegraded(j.prediction)).length;
+      setStatus(
+        "Batch finished: " + (jobs.length - failed) + " located" + (degraded ? " (" + degraded + " degraded)" : "") + (failed ? ", " + failed + " failed" : "") + ".",
+      );
       if (failed) showError(failed + " of " + jobs.length + " photos could not be located; see the Status column.");
     } else {
       const job = jobs[0];
       await runJob(job, run);
       if (run.signal.aborted) return;
-      setStatus(job.status === "done" ? "Located " + job.name + "." : "Failed to locate " + job.name + ".");
+      if (job.status !== "done") setStatus("Failed to locate " + job.name + ".");
+      else setStatus("Located " + job.name + (isDegraded(job.prediction) ? ", with a degraded answer (see the warning)." : "."));
     }
   }
 
