@@ -463,6 +463,12 @@ def locate(
         raise typer.Exit(1)
 
 
+def _shown_text(text: str, limit: int = 100) -> str:
+    """One line of an LMM's text for a terminal: control characters escaped, cut at ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _explanation(prediction: Any) -> str:
     lines = ["  candidates (best first):"]
     for c in prediction.candidates:
@@ -477,6 +483,11 @@ def _explanation(prediction: Any) -> str:
         lines.append(
             f"  LMM: {usage.prompts} prompts ({usage.failed_prompts} failed), {tokens}; parsing: {prediction.parse}"
         )
+    if prediction.raw_answers:
+        lines.append("  raw LMM answers (the first of each prompt; --json has them all):")
+        for prompt, texts in prediction.raw_answers.items():
+            first = _shown_text(texts[0]) if texts else "(no answer: the prompt failed)"
+            lines.append(f"    {prompt} ({len(texts)}): {first}")
     lines.append("  timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in prediction.timings.items()))
     return "\n".join(lines)
 

@@ -246,7 +246,9 @@ class TransformersBackend(LMMBackend):
                     t0 = time.perf_counter()
                     try:
                         results = self._generate_batch(
-                            [requests[i] for i in indices], [img for _, img in batch], [grammars.get(i) for i in indices]
+                            [requests[i] for i in indices],
+                            [img for _, img in batch],
+                            [grammars.get(i) for i in indices],
                         )
                     except Exception as exc:
                         elapsed = time.perf_counter() - t0
