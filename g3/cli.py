@@ -421,46 +421,146 @@ def index_gallery(
     typer.echo(json.dumps(out, indent=2))
 
 
+#: What `g3 locate` calls ``score``, for its help and output.
+SCORE_HELP = (
+    "relative score: the answer's verification score, min-max normalised within the photo's candidates "
+    "(1.0 for the winner, 0 for a lone candidate); it ranks one photo's candidates, it is not a confidence"
+)
+
+
 @app.command()
 def locate(
-    photos: Annotated[list[Path], typer.Argument(help="Photos to locate.")],
+    photos: Annotated[
+        list[Path], typer.Argument(help="Photos, or folders of photos (their image files, sorted by path).")
+    ],
     config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")] = Path(
         "configs/paper.yaml"
     ),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full predictions as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print the full predictions as JSON (every entry has its "path").')
+    ] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also print the candidates and the evidence.")] = False,
-    concurrency: Annotated[int, typer.Option(help="Photos located at once.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="Photos located at once.")] = 4,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write a CSV, one row per photo (path, lat, lon, place, score, source, degraded, degradations, "
+            "warnings, error), chunk by chunk. Resumable: photos it holds without an error are skipped.",
+        ),
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Folders: also their sub-folders.")] = False,
+    retry_degraded: Annotated[
+        bool, typer.Option("--retry-degraded", help="--out: also locate again the photos whose row is degraded.")
+    ] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Photos per chunk (one write of --out).")] = 16,
+    progress: Annotated[bool, typer.Option(help="Progress bar (on stderr) when there is more than one chunk.")] = True,
 ) -> None:
-    """Locate photos: coordinates, place and confidence (exit status 1 if any photo failed)."""
-    from g3.agent import G3
+    """Locate photos: coordinates, place, relative score and where the answer came from.
 
-    with G3.from_config(config) as g3:
-        results = g3.locate_batch(photos, concurrency=concurrency, return_exceptions=True)
-    failed = 0
+    The score is the answer's verification score, min-max normalised within the photo's candidates (1.0 for the
+    winner, 0 for a lone candidate): it ranks one photo's candidates and is not a confidence. Every file is
+    checked (exists, readable, an image header) before any model loads. Exit status 1 if any photo failed.
+    """
+    from g3.data.photo_files import check_photo, expand_photos
+
+    inputs = expand_photos(photos, recursive=recursive)
+    results_file = None
+    if out is not None:
+        from g3.agent.results import ResultsCSV
+
+        results_file = ResultsCSV(out)
+    todo = [p for p in inputs if results_file is None or not results_file.done(p, retry_degraded=retry_degraded)]
+    outcomes: dict[Path, Any] = {}
+    for photo in todo:
+        problem = check_photo(photo)
+        if problem is not None:
+            from g3.errors import InvalidImageError
+
+            outcomes[photo] = InvalidImageError(f"{photo} {problem}")
+            typer.echo(f"error: {outcomes[photo]}", err=True)
+    if results_file is not None:
+        from g3.agent.results import result_row
+
+        results_file.append([result_row(p, e) for p, e in outcomes.items()])
+    runnable = [p for p in todo if p not in outcomes]
+    if runnable:
+        outcomes |= _locate_files(runnable, config, results_file, concurrency=concurrency, chunk_size=chunk_size,
+                                  explain=explain, quiet=as_json, progress=progress)  # fmt: skip
+    if results_file is not None:
+        results_file.close()
+        degraded = sum(getattr(r, "degraded", False) for r in outcomes.values())
+        failed_here = sum(isinstance(r, BaseException) for r in outcomes.values())
+        typer.echo(f"{out}: {len(outcomes)} photos written ({failed_here} failed, {degraded} degraded), "
+                   f"{len(inputs) - len(todo)} already there", err=True)  # fmt: skip
     if as_json:
-        out = [r.model_dump(mode="json") if not isinstance(r, BaseException) else {"error": str(r)} for r in results]
-        typer.echo(json.dumps(out if len(photos) > 1 else out[0], indent=2, ensure_ascii=False))
-    for photo, result in zip(photos, results, strict=True):
-        if isinstance(result, BaseException):
-            if not isinstance(result, G3Error):
-                raise result
-            failed += 1
-            typer.echo(f"error: {photo}: {result}", err=True)
-            continue
-        for degradation in result.degradations:  # loud on stderr, also beside --json
-            typer.echo(f"DEGRADED ({degradation.reason}): {photo}: {degradation.message}", err=True)
-        if as_json:
-            continue
-        place = f" — {result.place}" if result.place else ""
-        typer.echo(
-            f"{photo}: {result.lat:.5f}, {result.lon:.5f}{place} (score {result.score:.3f}, from {result.source})"
-        )
-        for warning in result.warnings:
-            typer.echo(f"  note: {warning}")
-        if explain:
-            typer.echo(_explanation(result))
-    if failed:
+        entries = [_json_entry(p, outcomes[p]) for p in todo]
+        single = len(photos) == 1 and not photos[0].is_dir() and len(entries) == 1
+        typer.echo(json.dumps(entries[0] if single else entries, indent=2, ensure_ascii=False))
+    if any(isinstance(r, BaseException) for r in outcomes.values()):
         raise typer.Exit(1)
+
+
+def _locate_files(
+    photos: list[Path], config: Path, results_file: Any, *, concurrency: int, chunk_size: int, explain: bool,
+    quiet: bool, progress: bool,
+) -> dict[Path, Any]:  # fmt: skip
+    """Load G3 and locate ``photos`` chunk by chunk, printing each result (only errors and degradations when
+    ``quiet``) and appending each chunk to ``results_file``; each photo's prediction or `G3Error`."""
+    from tqdm.auto import tqdm
+
+    from g3.agent import G3
+    from g3.agent.results import result_row
+
+    outcomes: dict[Path, Any] = {}
+    bar = tqdm(total=len(photos), unit="photo", desc="locate", disable=not progress or len(photos) <= chunk_size)
+
+    def say(text: str, err: bool = False) -> None:
+        if bar.disable:
+            typer.echo(text, err=err)
+        else:  # above the bar
+            bar.write(text, file=sys.stderr if err else sys.stdout)
+
+    with G3.from_config(config) as g3, bar:
+        for start in range(0, len(photos), chunk_size):
+            chunk = photos[start : start + chunk_size]
+            results = g3.locate_batch(chunk, concurrency=concurrency, return_exceptions=True)
+            bugs = [r for r in results if isinstance(r, BaseException) and not isinstance(r, G3Error)]
+            done = [(p, r) for p, r in zip(chunk, results, strict=True) if not any(r is b for b in bugs)]
+            if results_file is not None:
+                results_file.append([result_row(p, r) for p, r in done])
+            for photo, result in done:
+                outcomes[photo] = result
+                _print_result(photo, result, say, explain=explain, quiet=quiet)
+            if bugs:
+                raise bugs[0]  # a bug, not a bad photo: stop (the chunk's other rows are written)
+            bar.update(len(chunk))
+    return outcomes
+
+
+def _print_result(photo: Path, result: Any, say: Any, *, explain: bool, quiet: bool) -> None:
+    """One photo's lines: an error or its answer, its degradations (loud, on stderr), notes, explanation."""
+    if isinstance(result, BaseException):
+        say(f"error: {photo}: {result}", err=True)
+        return
+    for degradation in result.degradations:  # loud on stderr, also beside --json
+        say(f"DEGRADED ({degradation.reason}): {photo}: {degradation.message}", err=True)
+    if quiet:
+        return
+    place = f" — {result.place}" if result.place else ""
+    say(f"{photo}: {result.lat:.5f}, {result.lon:.5f}{place} "
+        f"(relative score {result.score:.3f}, from {result.source})")  # fmt: skip
+    for warning in result.warnings:
+        say(f"  note: {warning}")
+    if explain:
+        say(_explanation(result))
+
+
+def _json_entry(photo: Path, result: Any) -> dict[str, Any]:
+    """A --json entry: the photo's path, then its prediction or its error."""
+    if isinstance(result, BaseException):
+        return {"path": str(photo), "error": str(result), "error_type": type(result).__name__}
+    return {"path": str(photo), **result.model_dump(mode="json")}
 
 
 def _shown_text(text: str, limit: int = 100) -> str:

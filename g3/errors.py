@@ -64,6 +64,10 @@ class RayWorkerError(G3Error):
     """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""
 
 
+class ResultsFileError(G3Error):
+    """A results file (``g3 locate --out``) that is not a g3 results CSV, or cannot be read or written."""
+
+
 class BatchError(G3Error):
     """Some photos of a batch failed. ``results`` holds every photo's outcome in input order (a prediction,
     or the exception of a failed photo); ``errors`` maps the index of each failed photo to its exception."""

@@ -207,13 +207,13 @@ def test_locate_from_the_command_line(tmp_path: Path) -> None:
     env = {"G3_CACHE_DIR": str(tmp_path / "cache")}
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
     out = run("locate", "--config", config, *map(str, photos), "--explain", env=env).stdout
-    assert out.count("(score ") == 2 and "candidates (best first)" in out and "meaningless" in out
+    assert out.count("(relative score ") == 2 and "candidates (best first)" in out and "meaningless" in out
     data = json.loads(run("locate", "--config", config, str(photos[0]), "--json", env=env).stdout)
     assert -90 <= data["lat"] <= 90 and data["candidates"][0]["rank"] == 0 and data["mode"] == "full"
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(photos[0].read_bytes()[:500])
     proc = run("locate", "--config", config, str(bad), str(photos[0]), env=env, check=False)
-    assert proc.returncode == 1 and proc.stdout.count("(score ") == 1
+    assert proc.returncode == 1 and proc.stdout.count("(relative score ") == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.jpg" in errors[0] and "Traceback" not in proc.stderr
 
