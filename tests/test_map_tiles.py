@@ -4,6 +4,7 @@ into the page's content-security policy (the page itself is tested in Chromium i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,6 @@ def test_page_config_and_csp_without_tiles() -> None:
 def test_every_page_file_ships_in_the_package() -> None:
     """The wheel holds what setuptools' package-data globs match: every file of the page, Leaflet included."""
     import tomllib
-    from pathlib import Path
 
     from g3.serve.web import STATIC_DIR
 
@@ -70,3 +70,46 @@ def test_every_page_file_ships_in_the_package() -> None:
     shipped = {p for pattern in globs for p in package.glob(pattern) if p.is_file()}
     served = {p for p in STATIC_DIR.rglob("*") if p.is_file() and not p.name.startswith(".")}
     assert served and served <= shipped, sorted(str(p.relative_to(package)) for p in served - shipped)
+
+
+@pytest.mark.slow
+def test_g3_serve_map_tiles_reaches_the_page(tmp_path: Path) -> None:
+    """`g3 serve --map-tiles … --map-attribution …` (the real command, tiny setting): the page's settings and CSP
+    name the tile server; a bad template is refused before anything loads."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from g3.lmm.vllm_server import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    g3 = [sys.executable, "-c", "from g3.cli import main; main()"]
+    bad = subprocess.run([*g3, "serve", "-c", "configs/tiny.yaml", "--map-tiles", "https://tiles.example/{z}.png"],
+                         cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "--map-tiles" in bad.stderr and "needs the placeholders" in bad.stderr
+
+    port = free_port()
+    template = "https://{s}.tiles.example/{z}/{x}/{y}.png"
+    args = ["serve", "-c", "configs/tiny.yaml", "--port", str(port), "--map-tiles", template,
+            "--map-attribution", "© Example tiles", "--map-max-zoom", "18"]  # fmt: skip
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([*g3, *args], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "g3 serve did not start"
+                time.sleep(0.5)
+        assert "img-src 'self' data: blob: https://*.tiles.example;" in page.headers["content-security-policy"]
+        config = httpx.get(f"http://127.0.0.1:{port}/static/page-config.json").json()
+        assert config == {"map": {"tiles": template, "attribution": "© Example tiles", "maxZoom": 18}}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
