@@ -217,6 +217,7 @@ def test_ray_evaluation_writes_the_single_process_predictions(ray_local: None, t
 
     records = without_timings(tmp_path / "ray")
     assert len(records) == 6 and all(r["error"] is None for r in records)
+    assert all(isinstance(r["degraded"], bool) and "degradations" in r for r in records)  # recorded as in one process
     assert records == without_timings(tmp_path / "single")
     assert distributed["metrics"] == single["metrics"] and distributed["counts"] == single["counts"]
     assert (tmp_path / "ray" / "config.yaml").read_text() == (tmp_path / "single" / "config.yaml").read_text()
