@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def default_cache_dir() -> Path:
+    """g3's cache folder: ``$G3_CACHE_DIR``, else ``$XDG_CACHE_HOME/g3``, else ``~/.cache/g3``."""
+    if os.environ.get("G3_CACHE_DIR"):
+        return Path(os.environ["G3_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "g3"
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

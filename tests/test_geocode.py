@@ -21,6 +21,7 @@ from g3.data.geocode import (
     GEOCODE_COLUMNS,
     NominatimGeocoder,
     _place_index,
+    _read_places,
     fill_location_text,
     nominatim_address_fields,
     reverse_geocode_offline,
@@ -146,6 +147,31 @@ def test_offline_finds_the_nearest_place_on_the_sphere() -> None:
         np.array([p["longitude"] for p in theirs]),
     )
     assert (found["place_distance_km"].to_numpy() <= their_km + 1e-9).all()
+
+
+def test_offline_table_is_cached_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """reverse_geocode's table is read once, then from ``<cache>/geonames`` (milliseconds), with the same answers;
+    an unreadable cache file is read again from reverse_geocode, with a warning, and rewritten."""
+    points = _random_points(300, seed=5)
+    expected = reverse_geocode_offline(points, max_distance_km=float("inf"))
+    monkeypatch.setenv("G3_CACHE_DIR", str(tmp_path))
+    _place_index.cache_clear()
+    try:
+        pd.testing.assert_frame_equal(reverse_geocode_offline(points, max_distance_km=float("inf")), expected)
+        [cached] = (tmp_path / "geonames").iterdir()
+        with monkeypatch.context() as patch:
+            patch.setattr(reverse_geocode, "GeocodeData", lambda: pytest.fail("reverse_geocode's table read again"))
+            _place_index.cache_clear()
+            pd.testing.assert_frame_equal(reverse_geocode_offline(points, max_distance_km=float("inf")), expected)
+        cached.write_bytes(b"not a table")
+        _place_index.cache_clear()
+        pd.testing.assert_frame_equal(reverse_geocode_offline(points, max_distance_km=float("inf")), expected)
+        assert "unreadable" in caplog.text
+        assert _read_places(cached) is not None  # rewritten
+    finally:
+        _place_index.cache_clear()
 
 
 def test_offline_on_real_im2gps3k_metadata() -> None:

