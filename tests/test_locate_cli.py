@@ -149,3 +149,18 @@ def test_locate_a_folder_into_a_resumable_csv(tiny_assets: Path, tmp_path: Path)
     assert "already there" in second.stderr
     rows2 = list(csv.DictReader(out.open()))
     assert sorted(Path(r["path"]).name for r in rows2) == sorted({*names, PHOTOS[3].name})  # one row per photo
+
+
+def test_score_is_named_for_what_it_is() -> None:
+    """``score`` is min-max normalised within one photo's candidates: not a confidence (the JSON name stays)."""
+    from g3.agent import GeoPrediction
+    from g3.serve.responses import answer_text
+
+    shown = " ".join(run("locate", "--help", cache=None).stdout.split())
+    assert "relative score" in shown and "min-max normalised within the photo's candidates" in shown
+    assert "confidence" not in shown.replace("not a confidence", "")
+    description = GeoPrediction.model_fields["score"].description or ""
+    assert "min-max normalised" in description and "not a confidence" in description
+    one = {"lat": 1.0, "lon": 2.0, "source": "retrieval", "sample": 0, "score": 0.0, "components": {}, "rank": 0}
+    prediction = GeoPrediction(lat=1.0, lon=2.0, score=0.0, source="retrieval", candidates=[one])
+    assert "(relative score 0.000, from retrieval)" in answer_text(prediction, 0)

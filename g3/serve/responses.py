@@ -35,7 +35,8 @@ def answer_text(prediction: GeoPrediction, rank: int) -> str:
     c = prediction.candidates[rank]
     place = f" near {prediction.place}" if rank == 0 and prediction.place else ""
     lead = "The photo was most likely taken" if rank == 0 else f"Alternative #{rank}: the photo may have been taken"
-    text = f"{lead}{place} at latitude {c.lat:.5f}, longitude {c.lon:.5f} (score {c.score:.3f}, from {c.source})."
+    where = f"latitude {c.lat:.5f}, longitude {c.lon:.5f}"
+    text = f"{lead}{place} at {where} (relative score {c.score:.3f}, from {c.source})."
     if prediction.degraded:
         reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
         text = f"DEGRADED ({reasons}): {text}"
