@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 
 from g3.agent import G3
+from g3.data import photo_files
+from g3.data.photo_files import IMAGE_SUFFIXES
 from g3.evaluation.runner import PREDICTIONS, EvaluationError, _check_config, locate_into, read_predictions
 from g3.io import atomic_write_text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
 
 def image_files(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` (by suffix), sorted by name."""
+    """Image files directly in ``folder`` (by suffix, as `g3 locate` lists a folder), sorted by name."""
     root = Path(folder)
     if not root.is_dir():
         raise EvaluationError(f"{root} is not a folder of images")
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return photo_files.image_files(root)
 
 
 def entropy_bits(counts: pd.Series) -> float:
