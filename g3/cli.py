@@ -421,13 +421,6 @@ def index_gallery(
     typer.echo(json.dumps(out, indent=2))
 
 
-#: What `g3 locate` calls ``score``, for its help and output.
-SCORE_HELP = (
-    "relative score: the answer's verification score, min-max normalised within the photo's candidates "
-    "(1.0 for the winner, 0 for a lone candidate); it ranks one photo's candidates, it is not a confidence"
-)
-
-
 @app.command()
 def locate(
     photos: Annotated[
