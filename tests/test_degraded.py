@@ -23,12 +23,14 @@ from scripted import ScriptedLMM
 from typer.testing import CliRunner
 
 from g3.agent import G3, G3Config
+from g3.agent.degradation import REASONS, assess
 from g3.agent.tiny import ensure_tiny_assets
 from g3.cli import app
 from g3.errors import DegradedRunError, LMMUnavailableError
 from g3.evaluation.compare import compare_table, load_run, run_label
 from g3.evaluation.datasets import load_im2gps3k
 from g3.evaluation.degraded import FailFast, degraded_summary
+from g3.evaluation.report import render_report
 from g3.evaluation.runner import PREDICTIONS, batch_bounds, read_predictions, run_evaluation
 from g3.index import GeoIndex
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage
@@ -125,6 +127,31 @@ def g3_command(*args: str) -> subprocess.CompletedProcess[str]:
 # --- units -------------------------------------------------------------------------------------------
 
 
+def _response(tag: str, error: str | None = None, kind: str | None = None, texts: int = 0) -> LMMResponse:
+    return LMMResponse(tag, ("x",) * texts, Usage(), 0.0, error=error, error_kind=kind)  # type: ignore[arg-type]
+
+
+def test_reasons_by_pipeline_mode_and_failure() -> None:
+    down = _response("a", "APIConnectionError: refused (LMM server http://h:1/v1 (model m))", "unreachable")
+    slow = _response("b", "timeout after 5 s (LMM vllm (model m))", "timeout")
+    odd = _response("c", "HTTP 500", "error")
+    fine = _response("d", texts=3)
+    assert assess("retrieval", [down], 0, None, "e") == [] and assess("gallery", [], 0, None, "e") == []
+    assert [d.reason for d in assess("full", [down, slow, odd], 0, None, "e")] == ["lmm_unreachable"]
+    assert [d.reason for d in assess("full", [slow, odd], 0, None, "e")] == ["lmm_timeout"]
+    (error,) = assess("full", [odd, _response("e", "HTTP 500")], 0, None, "http://h:2/v1 (model m)")
+    assert error.reason == "lmm_error" and error.message == (
+        "every prompt of the ensemble failed — c, e: HTTP 500 (LMM http://h:2/v1 (model m)); "
+        "the answer comes from retrieval only"
+    )
+    (partial,) = assess("full", [down, fine], 3, None, "http://h:1/v1 (model m)")
+    assert partial.reason == "prompts_failed" and partial.message.startswith("1 of 2 prompts failed — a: APIConn")
+    assert "(LMM http" not in partial.message  # the error names the server already
+    assert [d.reason for d in assess("full", [down, fine], 0, None, "e")] == ["prompts_failed", "no_parseable_answer"]
+    assert assess("full", [fine], 1, None, "e") == []
+    assert set(REASONS) == {"lmm_unreachable", "lmm_timeout", "lmm_error", "no_parseable_answer", "prompts_failed"}
+
+
 def _record(img_id: str, *reasons: str, error: str | None = None) -> dict[str, object]:
     degradations = [{"reason": r, "message": f"{r} at http://x/v1"} for r in reasons]
     return {"img_id": img_id, "error": error, "degraded": bool(reasons), "degradations": degradations}
@@ -156,6 +183,15 @@ def test_degraded_summary_counts_photos_by_reason() -> None:
     assert summary["located"] == 4 and summary["photos"] == 2 and summary["share"] == 0.5
     assert summary["by_reason"] == {"no_parseable_answer": 2, "prompts_failed": 1} and summary["unchecked"] == 1
     assert summary["examples"]["prompts_failed"] == "a: prompts_failed at http://x/v1"
+
+
+def test_report_top_for_modes_without_an_lmm_and_notes(tmp_path: Path) -> None:
+    metrics = {"accuracy": {}, "convention": "geodesic-lt", "n": 2, "denominator": 2}
+    summary = degraded_summary([_record("a"), _record("b")], "retrieval")
+    text = render_report(tmp_path, title="t", dataset="d", metrics=metrics, degraded=summary, note="tiny: random")
+    top = text.split("**Dataset**")[0]
+    assert "**Degraded predictions**: none possible: mode `retrieval` calls no LMM." in top
+    assert "**Note of the configuration**: tiny: random" in top and "DEGRADED" not in text
 
 
 # --- end to end --------------------------------------------------------------------------------------

@@ -130,6 +130,12 @@ def test_breakdown_labels_top_and_errors() -> None:
     assert list(scenes.columns) == ["S3_Label", "n", "scored", "1km", "25km", "200km", "750km", "2500km", "median_km"]
     top2 = breakdown(records, "country", convention="haversine-le", min_count=1, top=2)
     assert top2["country"].tolist() == ["A", "B", OTHER]
+    # a short run: every group is below min_count, yet the largest ones are listed and "other" names the rest
+    short = breakdown(records.head(30), "country", convention="haversine-le", min_listed=3)
+    counts = records.head(30)["country"].replace("", UNKNOWN).value_counts()
+    assert short["country"].tolist()[:3] == sorted(counts.index, key=lambda g: (-counts[g], g))[:3]
+    assert short["country"].iloc[-1] == OTHER and short.attrs["other_groups"] == len(counts) - 3
+    assert sorted(short.attrs["other_members"]) == sorted([g, int(counts[g])] for g in counts.index[3:])
     custom = breakdown(records, "S3_Label", convention="haversine-le", labels={0: "in", 1: "nat", 2: "urb"})
     assert set(custom["S3_Label"]) == {"in", "nat", "urb"}
     all_failed = records.assign(pred_lat=np.nan)
@@ -331,6 +337,8 @@ def test_write_report(tmp_path: Path) -> None:
     urban = next(r for r in breakdowns["S3_Label"].to_dict("records") if r["S3_Label"] == "urban")
     assert f"| urban | {int(urban['n'])} | {int(urban['scored'])} | {fmt_percent(urban['1km'])} |" in text
     assert "### By scene (S3_Label: indoor / natural / urban)" in text
+    members = breakdowns["continent"].attrs["other_members"]
+    assert members and f"*other* gathers {len(members)} smaller groups: {members[0][0]} ({members[0][1]})" in text
     assert "![Error distribution](error_cdf.png)" in text
     assert '| aligner | `{"clip": "tiny", "dim": 32}` |' in text
     assert "| git commit | `0123abc` |" in text
