@@ -4,9 +4,11 @@ G3 asks the LMM about one image with 4 prompts (zero-shot and RAG prompts listin
 coordinates), ``n`` samples each. This sends them as one batched `agenerate` call and, for comparison,
 one after another, on a tiny random LLaVA built offline (and on ``--model``, a folder or hub id, when
 given). Prints median wall times over a few repeats and the ratio sequential / batched; nothing is asserted.
+The requests carry G3's coordinate JSON schema, which the transformers backend enforces (answers end with
+their JSON object); ``--no-schema`` measures free text, every answer running to ``max_tokens``.
 
     python bench/lmm.py [--model DIR_OR_HUB_ID] [--no-tiny] [--n 5] [--max-tokens 64] [--repeats 3]
-                        [--tiny-hidden 64] [--tiny-layers 2] [--vllm]
+                        [--tiny-hidden 64] [--tiny-layers 2] [--vllm] [--no-schema]
                         [--shape llava-1.5-7b --device cuda --dtype bf16 --images 8 --batch-size 8]
 
 ``--shape`` also measures a random LLaVA of a real model's shape (LLaVA-1.5-7B: CLIP ViT-L/14-336 with 576
@@ -28,6 +30,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +50,18 @@ SHARED_PHOTOS = SHARED / "im2gps3k" / "images_cc_subset500"
 
 #: Set by ``--prompts``: the ensemble's requests rendered elsewhere (for machines without llama-index).
 RENDERED: list[dict[str, Any]] | None = None
+#: Cleared by ``--no-schema``: the requests ask for free text instead of the coordinate JSON schema.
+SCHEMA = True
 
 
 def ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
     """G3's ensemble for one image, rendered from g3's prompt templates with plausible neighbours."""
+    if not SCHEMA:
+        return [replace(r, json_schema=None) for r in _ensemble(image, n, max_tokens)]
+    return _ensemble(image, n, max_tokens)
+
+
+def _ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
     if RENDERED is not None:
         return [LMMRequest(**{**r, "image": image, "n": n, "max_tokens": max_tokens}) for r in RENDERED]
     rng = np.random.default_rng(0)
@@ -203,7 +214,15 @@ def main() -> None:
     parser.add_argument("--served-model", help="--openai-url: the model name it serves")
     parser.add_argument("--save-prompts", type=Path, help="write the rendered ensemble to this JSON file and stop")
     parser.add_argument("--prompts", type=Path, help="read the ensemble from --save-prompts (no llama-index needed)")
+    parser.add_argument(
+        "--no-schema",
+        action="store_true",
+        help="free-text answers (every row runs to max_tokens), as before the transformers backend enforced the "
+        "JSON schema; bench/RESULTS.md's transformers figures up to issue 17 were measured so",
+    )
     args = parser.parse_args()
+    global SCHEMA
+    SCHEMA = not args.no_schema
     torch.set_num_threads(args.threads)
     if args.save_prompts:
         rendered = [{k: v for k, v in vars(r).items() if k != "image"} for r in ensemble(bench_image(), 1, 1)]
@@ -216,7 +235,8 @@ def main() -> None:
 
     image = bench_image()
     requests = ensemble(image, args.n, args.max_tokens)
-    print(f"device {args.device}, {args.threads} threads, image {len(image)} bytes, torch {torch.__version__}")
+    print(f"device {args.device}, {args.threads} threads, image {len(image)} bytes, torch {torch.__version__}, "
+          f"JSON schema {'on' if SCHEMA else 'off'}")  # fmt: skip
     if not args.no_tiny:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
