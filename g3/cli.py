@@ -478,7 +478,10 @@ def locate(
         results_file.append([result_row(p, e) for p, e in outcomes.items()])
     runnable = [p for p in todo if p not in outcomes]
     if runnable:
-        outcomes |= _locate_files(runnable, config, results_file, concurrency=concurrency, chunk_size=chunk_size,
+        from g3.agent.config import G3Config
+
+        settings = G3Config.load(config)  # a bad configuration is reported before the models are imported
+        outcomes |= _locate_files(runnable, settings, results_file, concurrency=concurrency, chunk_size=chunk_size,
                                   explain=explain, quiet=as_json, progress=progress)  # fmt: skip
     if results_file is not None:
         results_file.close()
@@ -495,7 +498,7 @@ def locate(
 
 
 def _locate_files(
-    photos: list[Path], config: Path, results_file: Any, *, concurrency: int, chunk_size: int, explain: bool,
+    photos: list[Path], config: Any, results_file: Any, *, concurrency: int, chunk_size: int, explain: bool,
     quiet: bool, progress: bool,
 ) -> dict[Path, Any]:  # fmt: skip
     """Load G3 and locate ``photos`` chunk by chunk, printing each result (only errors and degradations when

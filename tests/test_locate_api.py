@@ -65,3 +65,18 @@ def test_one_bad_photo_never_costs_the_others_their_results(g3: G3, tmp_path: Pa
                                                 "InvalidImageError"]  # fmt: skip
     assert (kept[0].lat, kept[0].lon) == (error.results[0].lat, error.results[0].lon)
     assert g3.locate_batch([], concurrency=2) == []
+
+
+def test_the_tiny_setting_inside_a_running_event_loop(tiny_assets: Path) -> None:
+    """The real transformers backend (its worker threads, the batcher) serves a notebook's loop and then a
+    plain call: its per-loop state does not leak from one loop to the other."""
+    config = G3Config.load(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    with G3.from_config(config.model_copy(update={"cache_dir": str(tiny_assets.parent)})) as tiny:
+
+        async def notebook_cell() -> GeoPrediction:
+            return tiny.locate(photo(5))
+
+        inside = asyncio.run(notebook_cell())
+        outside = tiny.locate(photo(5))
+    assert inside.usage.prompts == outside.usage.prompts == 4 and inside.usage.failed_prompts == 0
+    assert (inside.lat, inside.lon) == (outside.lat, outside.lon)
