@@ -80,3 +80,20 @@ def test_the_tiny_setting_inside_a_running_event_loop(tiny_assets: Path) -> None
         outside = tiny.locate(photo(5))
     assert inside.usage.prompts == outside.usage.prompts == 4 and inside.usage.failed_prompts == 0
     assert (inside.lat, inside.lon) == (outside.lat, outside.lon)
+
+
+def test_an_evaluation_chunk_inside_a_running_event_loop(g3: G3, tmp_path: Path) -> None:
+    """`g3.evaluation.runner.locate_chunk` (what `run_evaluation` calls) works from a notebook too."""
+    from PIL import Image
+
+    from g3.evaluation.runner import locate_chunk
+
+    Image.fromarray(photo(6)).save(tmp_path / "a.png")
+    chunk = [("a", tmp_path / "a.png", (48.85, 2.35)), ("b", tmp_path / "missing.png", None)]
+
+    async def notebook_cell() -> list[dict]:
+        return locate_chunk(g3, chunk, concurrency=2)
+
+    records = asyncio.run(notebook_cell())
+    assert records[0]["error"] is None and records[0]["pred_lat"] is not None
+    assert records[1]["error"].startswith("InvalidImageError")

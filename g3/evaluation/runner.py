@@ -18,7 +18,6 @@ LMM fails for each of its first photos, and a finished run with too many degrade
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -140,7 +139,7 @@ def locate_chunk(
     An image that cannot be read or located (a `G3Error` or `OSError`) gives a record with its error; any
     other exception is a bug, not a bad image, and is raised.
     """
-    results = asyncio.run(g3.alocate_batch([p for _, p, _ in chunk], concurrency=concurrency, return_exceptions=True))
+    results = g3.locate_batch([p for _, p, _ in chunk], concurrency=concurrency, return_exceptions=True)
     records = []
     for (img_id, _, truth), result in zip(chunk, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, G3Error | OSError):
