@@ -1,10 +1,11 @@
 """Evaluation runs on Ray: the benchmark's photos split across Ray actors, each holding its own `G3`.
 
 `run_evaluation_ray` is `g3.evaluation.runner.run_evaluation` with the locating handed to Ray actors; the
-rest is the runner's code: the same run folder and configuration check, the same batches of ``batch_size``
-photos located by `locate_chunk`, the same records appended (flushed and fsynced per batch) to
-``predictions.jsonl`` in dataset order, the same resume (photos already in the file are skipped), the same
-metrics, report and plots. Batches finish on the actors in any order; the driver writes each one as soon as
+rest is the runner's code: the same run folder and configuration check, the same batches (`batch_bounds`:
+a first small batch probing the LMM, then ``batch_size`` photos) located by `locate_chunk`, the same records
+appended (flushed and fsynced per batch) to ``predictions.jsonl`` in dataset order, the same resume (photos
+already in the file are skipped), the same early stop and degraded-share check, the same metrics, report
+and plots. Batches finish on the actors in any order; the driver writes each one as soon as
 every batch before it is written, so the file is the single-process file and any prefix of it is a valid
 interrupted run.
 
