@@ -7,8 +7,9 @@ included), measured in this order, one source tree after another within each rep
 * ``import g3.agent`` (the Python API's import);
 * ``g3 locate -c configs/tiny.yaml`` of a missing photo, and of a text file named ``.jpg``, until it exits
   with its error (both must fail);
-* the tiny setting's first answer: ``g3 locate -c configs/tiny.yaml PHOTO`` until it prints the answer,
-  **cold** (an empty ``$G3_CACHE_DIR``: the tiny models and index are built first) and **warm** (built);
+* the tiny setting's first answer: ``g3 locate -c configs/tiny.yaml PHOTO`` until it prints the answer and
+  until the process ends (Python's teardown after torch and transformers adds 1–1.5 s), **cold** (an empty
+  ``$G3_CACHE_DIR``: the tiny models and index are built first) and **warm** (built);
 * in one process (warm cache): ``import g3.agent``, ``G3.from_config``, the first and the second answer.
 
 ``--src DIR`` (repeatable, ``NAME=DIR`` to label it) measures the ``g3`` package of another checkout side
@@ -72,17 +73,35 @@ class Source:
 
 def run(source: Source, args: list[str], *, ok: bool, cache: Path | None = None) -> tuple[float, str]:
     """Wall time of ``python ARGS`` in a fresh process; fails unless it exits 0 (``ok``) or non-zero."""
+    _, seconds, out = run_until(source, args, None, ok=ok, cache=cache)
+    return seconds, out
+
+
+def run_until(
+    source: Source, args: list[str], marker: str | None, *, ok: bool, cache: Path | None = None
+) -> tuple[float, float, str]:
+    """Seconds until a line of stdout holds ``marker`` (None: the end), seconds until the process ended, stdout."""
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, *args], cwd=source.root, env=source.env(cache), capture_output=True, text=True, check=False
-    )
-    seconds = time.perf_counter() - start
-    if (done.returncode == 0) != ok:
+    seen, lines = None, []
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, *args], cwd=source.root, env=source.env(cache),
+                                stdout=subprocess.PIPE, stderr=err, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if seen is None and marker is not None and marker in line:
+                seen = time.perf_counter() - start
+            lines.append(line)
+        returncode = proc.wait()
+        ended = time.perf_counter() - start
+        err.seek(0)
+        errors = err.read()
+    out = "".join(lines)
+    if (returncode == 0) != ok or (marker is not None and seen is None):
         raise SystemExit(
-            f"[{source.name}] python {' '.join(args)} exited {done.returncode}, expected "
-            f"{'0' if ok else 'an error'}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            f"[{source.name}] python {' '.join(args)} exited {returncode}, expected {'0' if ok else 'an error'}"
+            f"{f' after a line with {marker!r}' if marker else ''}:\n{out[-2000:]}\n{errors[-2000:]}"
         )
-    return seconds, done.stdout
+    return (ended if seen is None else seen), ended, out
 
 
 def check_source(source: Source) -> None:
@@ -104,17 +123,19 @@ def measure_once(source: Source, config: Path, photo: Path, not_a_photo: Path, c
     source.add(
         "reject a non-image photo", run(source, [*cli, "locate", "-c", str(config), str(not_a_photo)], ok=False)[0]
     )
+    locate = [*cli, "locate", "-c", str(config), str(photo)]
+    answer = f"{photo}: "  # the answer's line starts with the photo's path
     if cold:
         with tempfile.TemporaryDirectory(dir=scratch) as empty:
-            seconds, _ = run(source, [*cli, "locate", "-c", str(config), str(photo)], ok=True, cache=Path(empty))
-        source.add("first answer, cold (builds the tiny assets)", seconds)
-    seconds, out = run(source, [*cli, "locate", "-c", str(config), str(photo)], ok=True)
-    if str(photo) not in out:
-        raise SystemExit(f"[{source.name}] g3 locate printed no answer for {photo}:\n{out}")
-    source.add("first answer, warm", seconds)
+            printed, ended, _ = run_until(source, locate, answer, ok=True, cache=Path(empty))
+        source.add("first answer, cold (builds the tiny assets): printed", printed)
+        source.add("first answer, cold: process ended", ended)
+    printed, ended, _ = run_until(source, locate, answer, ok=True)
+    source.add("first answer, warm: printed", printed)
+    source.add("first answer, warm: process ended", ended)
     _, out = run(source, ["-c", IN_PROCESS, str(config), str(photo)], ok=True)
     phases = json.loads(out.strip().splitlines()[-1])
-    source.add("in process: import g3.agent", phases["import"])
+    source.add("in process: from g3.agent import G3", phases["import"])
     source.add("in process: G3.from_config", phases["from_config"])
     source.add("in process: first answer", phases["first"])
     source.add("in process: second answer", phases["second"])
