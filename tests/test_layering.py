@@ -1,4 +1,4 @@
-"""Imports point down the layers of DESIGN.md: nothing imports from a layer above it (or beside it)."""
+"""Imports point down the layers of docs/design.md: nothing imports from a layer above it (or beside it)."""
 
 from __future__ import annotations
 
