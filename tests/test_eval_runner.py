@@ -12,7 +12,6 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from g3.agent import G3, G3Config
-from g3.agent.tiny import ensure_tiny_assets
 from g3.evaluation.compare import compare_table
 from g3.evaluation.datasets import load_im2gps3k
 from g3.evaluation.distribution import run_distribution
@@ -24,10 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_g3(tmp_path_factory: pytest.TempPathFactory) -> G3:
-    cache = tmp_path_factory.mktemp("cache")
-    ensure_tiny_assets(cache)
-    config = G3Config.load(ROOT / "configs" / "tiny.yaml").model_copy(update={"cache_dir": str(cache)})
+def tiny_g3(tiny_assets: Path) -> G3:
+    config = G3Config.load(ROOT / "configs" / "tiny.yaml").model_copy(update={"cache_dir": str(tiny_assets.parent)})
     return G3.from_config(config)
 
 
@@ -61,7 +58,7 @@ def test_runner_on_500_real_photos_interrupted_and_resumed(tiny_g3: G3, tmp_path
         "failed": 0,
         "missing_images": 2497,
         "denominator": 2997,
-        "degraded": sum(r["degraded"] for r in records),  # e.g. tiny answers that do not parse
+        "degraded": 0,  # the tiny LLaVA's answers are constrained to the coordinate schema: every prompt parses
     }
 
     metrics = json.loads((run / "metrics.json").read_text())
