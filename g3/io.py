@@ -106,3 +106,21 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def drop_partial_line(path: str | os.PathLike[str]) -> bool:
+    """Cut an unfinished last line of an append-only text file (an interrupted write), so that appending
+    starts on a fresh line; True when something was cut. A missing or empty file is left alone."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return False
+        fh.seek(0)
+        fh.truncate(fh.read().rfind(b"\n") + 1)
+    return True

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from g3.errors import ResultsFileError
-from g3.io import atomic_write_text
+from g3.io import atomic_write_text, drop_partial_line
 
 if TYPE_CHECKING:
     from g3.agent.prediction import GeoPrediction
@@ -55,19 +55,6 @@ def result_row(path: str | os.PathLike[str], result: GeoPrediction | BaseExcepti
     return row
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut an unfinished last line (an interrupted append) so that appending starts on a fresh line."""
-    with path.open("rb+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() == 0:
-            return
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return
-        fh.seek(0)
-        fh.truncate(fh.read().rfind(b"\n") + 1)
-
-
 class ResultsCSV:
     """The rows of a results file (read when opened) and appends to it. Use as a context manager."""
 
@@ -80,7 +67,7 @@ class ResultsCSV:
 
     def _read(self) -> None:
         try:
-            _drop_partial_line(self.path)
+            drop_partial_line(self.path)
             with self.path.open(encoding="utf-8", newline="") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:

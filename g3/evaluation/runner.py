@@ -36,7 +36,7 @@ from g3.errors import EvaluationError, G3Error
 from g3.evaluation.datasets import EvalDataset
 from g3.evaluation.degraded import DEFAULT_FAIL_FAST, FailFast, check_degraded_share, degraded_summary
 from g3.evaluation.metrics import DEFAULT_CONVENTION, THRESHOLDS_KM, Convention, distances_km, recall_vs_area, summarize
-from g3.io import atomic_write_text
+from g3.io import atomic_write_text, drop_partial_line
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,6 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut an unfinished last line (an interrupted write) so that appending starts on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return
-        fh.seek(0)
-        keep = fh.read().rfind(b"\n") + 1
-        fh.truncate(keep)
-        log.warning("%s: removed an unfinished last line (interrupted write); that image is located again", path)
-
-
 def _check_config(run_dir: Path, config: G3Config) -> None:
     path = run_dir / CONFIG
     current = config.model_dump(mode="json")
@@ -167,7 +153,10 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         from tqdm.auto import tqdm
 
-        _drop_partial_line(self.path)
+        if drop_partial_line(self.path):
+            log.warning(
+                "%s: removed an unfinished last line (interrupted write); that image is located again", self.path
+            )
         self.out = self.path.open("a", encoding="utf-8")
         self.bar = tqdm(total=self.total, initial=self.initial, unit="img", disable=not self.progress, desc=self.desc)
         return self
