@@ -31,6 +31,15 @@ class GeoIndexError(G3Error):
     """A geo index that cannot be built, read, or used with the given aligner."""
 
 
+class AssetMissingError(G3Error, FileNotFoundError):
+    """A published asset (G3's converted checkpoint or imported index) that is not there yet; the message names
+    the command that gets it (``g3 fetch official``)."""
+
+
+class FetchError(G3Error):
+    """A download of published files that failed, was refused (size or checksum), or cannot start (offline)."""
+
+
 class GeocodingError(G3Error):
     """A geocoding service that failed or answered unusably; the message names the coordinate."""
 
@@ -62,6 +71,15 @@ class DegradedRunError(EvaluationError):
 
 class RayWorkerError(G3Error):
     """Ray could not be started or reached, or a Ray worker failed to start or to finish its work."""
+
+
+class PoolFormatError(G3Error, ValueError):
+    """A candidate pool (a ``pools.jsonl`` line) that is not in the format of `g3.verify.pools`; the message
+    names the file and line."""
+
+
+class RankerError(G3Error):
+    """A learned ranker that cannot be fitted, read or used (e.g. its feature schema does not match)."""
 
 
 class ResultsFileError(G3Error):

@@ -17,7 +17,7 @@ import g3
 
 ROOT = Path(g3.__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "faiss", "langgraph", "llama_index", "pandas", "matplotlib", "openai", "fastapi")
-LAZY_PACKAGES = ("g3.agent", "g3.data", "g3.evaluation", "g3.index", "g3.lmm", "g3.models", "g3.train")
+LAZY_PACKAGES = ("g3.agent", "g3.data", "g3.evaluation", "g3.index", "g3.lmm", "g3.models", "g3.train", "g3.verify")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

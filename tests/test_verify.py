@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from g3 import verify as verify_module
+from g3.verify import scoring as verify_module
 from g3.geo import haversine_km
 from g3.models import GeoAligner
 from g3.verify import (
