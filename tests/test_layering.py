@@ -11,6 +11,7 @@ import g3
 LAYERS = {
     "__init__": 0,
     "assets": 0,
+    "configs": 0,  # the shipped YAML configurations, found by name
     "errors": 0,
     "io": 0,
     "lazy": 0,

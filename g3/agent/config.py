@@ -1,8 +1,10 @@
 """`G3Config`: one object (loadable from YAML) with every knob of the pipeline and the paper's defaults.
 
-A YAML file may start from another with ``extends: other.yaml`` (relative to the file): its mappings are
-merged key by key, the extending file winning — e.g. each evaluation baseline is a few lines over
-``configs/paper.yaml``.
+A YAML file may start from another with ``extends: other.yaml`` (relative to the file) or with the name of a
+shipped configuration (``extends: paper``): its mappings are merged key by key, the extending file winning — e.g.
+each evaluation baseline is a few lines over ``configs/paper.yaml``. `G3Config.load` takes a file, a bundle folder
+(holding ``g3.yaml``) or a shipped configuration's name (``paper``, ``tiny``, ``eval/g3``: see `g3.configs`),
+so ``g3 locate --config tiny`` works from any folder.
 
 Relative paths in a file are relative to that file, like ``extends:``, so a configuration works from any
 working folder (``g3 locate -c /abs/my.yaml``). This applies to the settings that name files or folders
@@ -27,6 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from g3.configs import config_names, shipped_config
 from g3.errors import G3Error
 from g3.lmm.prompts import EnsembleConfig
 from g3.verify import VerifyConfig
@@ -34,6 +37,29 @@ from g3.verify import VerifyConfig
 
 class ConfigError(G3Error):
     """A configuration file or value that cannot be used."""
+
+
+#: The configuration file of a bundle folder (`G3.from_pretrained`, `g3 fetch official`).
+BUNDLE_CONFIG = "g3.yaml"
+
+
+def config_file(source: str | os.PathLike[str]) -> Path:
+    """The YAML file a configuration argument names: a file; a bundle folder (its ``g3.yaml``); else the name
+    of a configuration shipped with g3 (``paper``, ``tiny``, ``eval/zero_shot``). `ConfigError` otherwise."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / BUNDLE_CONFIG).is_file():
+        return path / BUNDLE_CONFIG
+    shipped = shipped_config(str(source))
+    if shipped is not None:
+        return shipped
+    names = [n for n in config_names() if not n.startswith("eval/tiny/")]
+    raise ConfigError(
+        f"no configuration {str(source)!r}: it is not a file (from {Path.cwd()}), a bundle folder with "
+        f"{BUNDLE_CONFIG}, or the name of a shipped configuration ({', '.join(names)}; eval/tiny/NAME for the "
+        "tiny variant of each eval/NAME)"
+    )
 
 
 class LMMConfig(BaseModel):
@@ -129,8 +155,14 @@ class G3Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    aligner: str = Field(default="checkpoints/g3", description="g3 aligner checkpoint folder (or tiny://aligner)")
-    index: str | None = Field(default="indices/mp16", description="geo index folder (or tiny://index)")
+    aligner: str = Field(
+        default="official://aligner",
+        description="g3 aligner checkpoint folder, official://aligner (G3's, from `g3 fetch official`) or tiny://aligner",
+    )
+    index: str | None = Field(
+        default="official://index",
+        description="geo index folder, official://index (G3's MP16-Pro index, from `g3 fetch official`) or tiny://index",
+    )
     gallery: str | None = Field(default=None, description="'geoclip', a CSV of coordinates, or None")
     lmm: LMMConfig = Field(default_factory=LMMConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
@@ -166,8 +198,9 @@ class G3Config(BaseModel):
             return source
         where = "the configuration mapping"
         if isinstance(source, str | Path):
-            where = str(source)
-            data = _read_yaml(Path(source))
+            path = config_file(source)
+            where = str(path)
+            data = _read_yaml(path)
         else:
             data = source
         try:
@@ -191,6 +224,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_name is None:
         return data
     base_path = (path.parent / str(base_name)).resolve()
+    if not base_path.is_file() and shipped_config(str(base_name)) is not None:
+        base_path = shipped_config(str(base_name)).resolve()  # type: ignore[union-attr]
     if base_path in seen:
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from g3.agent import tiny
-from g3.agent.config import G3Config, LMMConfig
+from g3.agent import official, tiny
+from g3.agent.config import BUNDLE_CONFIG, G3Config, LMMConfig
 from g3.agent.degradation import assess
 from g3.agent.graph import G3Runtime, LocateState, build_graph
 from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
@@ -25,8 +25,6 @@ from g3.models import GeoAligner
 
 log = logging.getLogger(__name__)
 
-#: The configuration file of a bundle folder (`G3.from_pretrained`).
-BUNDLE_CONFIG = "g3.yaml"
 #: What `G3.locate` accepts: a path, encoded bytes, a PIL image or a numpy array.
 ImageInput = Any
 
@@ -95,14 +93,15 @@ class G3:
         """Load aligner, index, gallery and LMM backend named by a config (YAML path, mapping or object)."""
         config = G3Config.load(source)
         cache = Path(config.cache_dir) if config.cache_dir else None
-        aligner = GeoAligner.from_pretrained(tiny.resolve(config.aligner, cache))
+        official.check_assets(config)  # says which command gets the paper's assets before anything loads
+        aligner = GeoAligner.from_pretrained(tiny.resolve(official.resolve(config.aligner, cache), cache))
         import torch
 
         if torch.cuda.is_available():
             aligner = aligner.to("cuda")
         index = None
         if config.pipeline.mode != "gallery" and config.index:
-            index = GeoIndex.load(tiny.resolve(config.index, cache), aligner=aligner)
+            index = GeoIndex.load(tiny.resolve(official.resolve(config.index, cache), cache), aligner=aligner)
         gallery = None
         if config.pipeline.mode == "gallery" and config.gallery:
             from g3.index.gallery import GPSGallery as _Gallery
