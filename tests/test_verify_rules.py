@@ -1,0 +1,72 @@
+"""The densest-cluster rule (g3.verify.rules): where the cluster is, which point of it is answered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from g3.verify import consensus_select
+from g3.verify.rules import ClusterParams, cluster_select
+
+PARIS = (48.8566, 2.3522)
+TOKYO = (35.6762, 139.6503)
+ROME = (41.9028, 12.4964)
+
+
+def near(point: tuple[float, float], dlat: float, dlon: float = 0.0) -> tuple[float, float]:
+    return (point[0] + dlat, point[1] + dlon)
+
+
+def test_top_neighbour_inside_the_densest_cluster_is_answered_exactly() -> None:
+    # LMM answers around Paris (city centre, 1-3 km off); retrieval found a photo 300 m from the truth
+    answers = [near(PARIS, 0.01 * i) for i in range(1, 6)]
+    exact = near(PARIS, 0.003, 0.002)
+    neighbours = [exact, near(PARIS, 0.05), TOKYO, ROME]
+    choice = cluster_select([*answers, exact], ranks=[None] * 5 + [0], neighbours=neighbours)
+    assert (choice.lat, choice.lon) == exact and choice.candidate == 5 and choice.neighbour == 0
+    # consensus alone answers a point in the middle of the answers, kilometres from the exact photo
+    picked = consensus_select([*answers, exact], scale_km=25.0)
+    assert picked != 5
+
+
+def test_densest_cluster_elsewhere_snaps_to_its_best_ranked_photo() -> None:
+    answers = [near(ROME, 0.02 * i, 0.01) for i in range(5)]
+    neighbours = [TOKYO, near(TOKYO, 3.0), near(ROME, 0.004), near(ROME, 0.03), near(ROME, -0.05), (0.0, 0.0)]
+    choice = cluster_select([*answers, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours)
+    # the top photo (Tokyo) is alone: Rome's cluster wins and its best-ranked photo (rank 2) is answered
+    assert choice.neighbour == 2 and (choice.lat, choice.lon) == neighbours[2]
+    assert choice.candidate is None  # not a candidate: snapped to the retrieved photo's location
+    assert choice.members.tolist() == [True] * 5 + [False]
+    # with top_ratio 0 the top photo always keeps its cluster (the rule then answers top-1)
+    keep = cluster_select([*answers, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours,
+                          params=ClusterParams(top_ratio=0.0))  # fmt: skip
+    assert keep.candidate == 5 and keep.neighbour == 0
+
+
+def test_a_cluster_of_generated_answers_answers_the_most_accompanied_one() -> None:
+    lone = near(PARIS, 0.2)
+    twins = [near(PARIS, 0.001), near(PARIS, 0.0012), near(PARIS, 0.0014)]
+    choice = cluster_select([lone, *twins, TOKYO])
+    assert choice.neighbour is None and choice.candidate in (1, 2, 3)
+    assert choice.members.tolist() == [True, True, True, True, False]
+    assert choice.density.shape == (5,) and choice.density[4] == pytest.approx(1.0)  # itself only
+
+
+def test_retrieval_candidates_without_neighbours_are_ranked_photos() -> None:
+    # no neighbour list: retrieval candidates (with ranks) are the photos; the better rank inside the cluster wins
+    coords = [TOKYO, near(ROME, 0.01), near(ROME, 0.002), near(ROME, -0.01)]
+    choice = cluster_select(coords, ranks=[0, None, 3, 1])
+    assert choice.candidate == 3 and choice.neighbour == 1
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        cluster_select(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="ranks"):
+        cluster_select([PARIS, ROME], ranks=[0])
+    with pytest.raises(ValueError, match="candidates"):
+        cluster_select([(95.0, 0.0)])
+    with pytest.raises(ValueError, match="top_ratio"):
+        ClusterParams(top_ratio=1.5)
+    with pytest.raises(ValueError, match="scale_km"):
+        ClusterParams(scale_km=0.0)
