@@ -5,10 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from g3.errors import PoolFormatError
-from g3.verify import Pool, PoolCandidate, pool_line, read_pools, write_pools
+from g3.verify import (
+    Candidate,
+    Pool,
+    PoolCandidate,
+    parse_pool,
+    pool_from_candidates,
+    pool_line,
+    read_pools,
+    write_pools,
+)
 
 FULL = {
     "id": "im2gps3k/0001.jpg",
@@ -89,3 +99,24 @@ def test_unlabelled_pools_are_read_when_asked_and_blank_lines_skipped(tmp_path: 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(PoolFormatError, match=r"cannot read pools from .*nope\.jsonl"):
         list(read_pools(tmp_path / "nope.jsonl"))
+
+
+def test_pipeline_candidates_become_a_pool() -> None:
+    found = [
+        Candidate(48.85, 2.35, "zero_shot", 1),
+        Candidate(48.86, 2.34, "retrieval", 0, 0.9),
+        Candidate(48.0, 2.0, "gallery", 3, 0.5),
+    ]
+    pool = pool_from_candidates(
+        "q", found, truth=(48.8, 2.3), neighbours=np.array([[48.86, 2.34]]), query_gps=np.ones(2, np.float32),
+        candidate_embeddings=np.eye(3, 2, dtype=np.float32) + 0.5,
+    )  # fmt: skip
+    assert [(c.source, c.rank, c.sample) for c in pool.candidates] == [
+        ("zero_shot", None, 1),
+        ("retrieval", 0, None),
+        ("gallery", 3, None),
+    ]
+    assert pool.candidates[1].retrieval_score == 0.9 and pool.neighbours == [(48.86, 2.34)]
+    assert parse_pool(pool_line(pool)) == pool
+    with pytest.raises(PoolFormatError, match="pool 'q': candidate_embeddings has 1 rows for 3 candidates"):
+        pool_from_candidates("q", found, query_gps=[1.0], candidate_embeddings=[[1.0]])

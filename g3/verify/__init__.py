@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from g3.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from g3.verify.pools import Pool, PoolCandidate, parse_pool, pool_line, read_pools, write_pools
+    from g3.verify.pools import (
+        Pool,
+        PoolCandidate,
+        parse_pool,
+        pool_from_candidates,
+        pool_line,
+        read_pools,
+        write_pools,
+    )
     from g3.verify.scoring import (
         COMPONENTS,
         DEFAULT_VERIFY_CONFIG,
@@ -26,7 +34,15 @@ if TYPE_CHECKING:
 
 #: public name → its module, imported on first use
 _EXPORTS = {
-    "g3.verify.pools": ("Pool", "PoolCandidate", "parse_pool", "pool_line", "read_pools", "write_pools"),
+    "g3.verify.pools": (
+        "Pool",
+        "PoolCandidate",
+        "parse_pool",
+        "pool_from_candidates",
+        "pool_line",
+        "read_pools",
+        "write_pools",
+    ),
     "g3.verify.scoring": (
         "COMPONENTS",
         "DEFAULT_VERIFY_CONFIG",
@@ -55,6 +71,7 @@ __all__ = [
     "consensus_select",
     "embedding_scores",
     "parse_pool",
+    "pool_from_candidates",
     "pool_line",
     "read_pools",
     "verify",

@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from g3.errors import PoolFormatError
 from g3.io import atomic_open
 
+if TYPE_CHECKING:
+    from g3.verify.scoring import Candidate
+
+#: Sources whose candidates carry a ``rank`` (retrieved results); the others are generated (``sample``).
+RANKED_SOURCES = frozenset({"retrieval", "gallery"})
 #: Version of the line format (not written into lines: a new optional key keeps it).
 POOL_FORMAT = 1
 
@@ -91,6 +97,51 @@ class Pool(BaseModel):
     def has_embeddings(self) -> bool:
         """Whether the pool carries the vectors of G3's cosine rule."""
         return self.query_gps is not None
+
+
+def pool_from_candidates(
+    pool_id: str,
+    candidates: Sequence[Candidate],
+    *,
+    truth: tuple[float, float] | None = None,
+    neighbours: object = None,
+    query_gps: object = None,
+    candidate_embeddings: object = None,
+) -> Pool:
+    """The pool of a query from the pipeline's `Candidate` objects (what the verify step scores).
+
+    A retrieved or gallery candidate's ``sample`` becomes its ``rank``. ``neighbours`` are all retrieved
+    locations ``(m, 2)``, best first; ``query_gps`` ``(D,)`` and ``candidate_embeddings`` ``(n, D)`` are
+    the vectors of G3's cosine rule (numpy arrays or lists). Raises `PoolFormatError` when the result is
+    not a valid pool.
+    """
+
+    def numbers(values: object) -> object:
+        return None if values is None else np.asarray(values, dtype=np.float64).tolist()
+
+    rows = [
+        PoolCandidate(
+            lat=c.lat,
+            lon=c.lon,
+            source=c.source,
+            rank=c.sample if c.source in RANKED_SOURCES else None,
+            sample=None if c.source in RANKED_SOURCES else c.sample,
+            retrieval_score=c.retrieval_score,
+        )
+        for c in candidates
+    ]
+    fields = {
+        "id": pool_id,
+        "truth": truth,
+        "candidates": rows,
+        "neighbours": numbers(neighbours),
+        "query_gps": numbers(query_gps),
+        "candidate_embeddings": numbers(candidate_embeddings),
+    }
+    try:
+        return Pool.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise PoolFormatError(f"pool {pool_id!r}: {_describe(exc)}") from None
 
 
 def _describe(error: ValidationError) -> str:
