@@ -255,6 +255,44 @@ RayWorkers = Annotated[int | None, typer.Option(help="Ray workers (actors); defa
 RayCpus = Annotated[float, typer.Option(help="CPUs reserved per Ray worker.")]
 RayGpus = Annotated[float, typer.Option(help="GPUs per Ray worker (> 0 runs the models on CUDA).")]
 
+# The configuration and LMM options of `locate` and `serve`
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="G3 configuration: a YAML file, a bundle folder (g3 fetch official --to DIR), or a shipped name "
+        "(paper: G3's published model from `g3 fetch official`; tiny: offline; eval/g3, eval/zero_shot, ...).",
+    ),
+]
+LMMUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--lmm-url",
+        help="Use this OpenAI-compatible LMM server instead of the configuration's, e.g. http://127.0.0.1:8000/v1 "
+        "(vllm serve MODEL --port 8000).",
+    ),
+]
+LMMModel = Annotated[
+    str | None,
+    typer.Option(
+        "--lmm-model",
+        help="Use this LMM instead of the configuration's: with --lmm-url, the server's model name; without, a hub "
+        "id or folder run in-process by vLLM (the gpu extra).",
+    ),
+]
+
+
+def _settings(config: Path, lmm_url: str | None, lmm_model: str | None) -> Any:
+    """The `G3Config` of --config with --lmm-url/--lmm-model applied; a bad configuration, or the paper's
+    assets not fetched yet, is reported before the models are imported."""
+    from g3.agent.config import G3Config, with_lmm
+    from g3.agent.official import check_assets
+
+    settings = with_lmm(G3Config.load(config), url=lmm_url, model=lmm_model)
+    check_assets(settings)
+    return settings
+
 
 def _ray_options(ray: bool, address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
     """`RayOptions` when --ray or --ray-address is given, else None (a single-process run)."""
@@ -338,6 +376,39 @@ def index_build(
         aligner = GeoAligner.from_pretrained(str(_checkpoint(checkpoint))).to(_device(device))
         index = build_index(aligner, data, out, config, restart=restart, progress=progress)
     typer.echo(f"wrote {out}: {len(index)} rows, kind {index.kind}")
+
+
+@index_app.command("import")
+def index_import(
+    faiss_file: Annotated[Path, typer.Argument(help="A FAISS flat index file, e.g. G3's g3.index (IndexFlatIP).")],
+    metadata: Annotated[
+        Path, typer.Option("--metadata", help="CSV whose data row i describes index row i (MP16_Pro_filtered.csv).")
+    ],
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="The aligner the keys were made with: " + CHECKPOINT_HELP + ".")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Index folder to write, e.g. indices/mp16.")],
+    verify_images: Annotated[
+        Path | None,
+        typer.Option("--verify-images", help="Folder or tar of corpus photos: encode some, compare with their rows."),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Photos encoded by --verify-images.")] = 16,
+    link: Annotated[
+        str, typer.Option(help="How the FAISS file enters --out: auto (hard link, else copy), hardlink, copy, symlink.")
+    ] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Adopt a FAISS index built elsewhere (G3's g3.index) without re-encoding: checks its width, metric, rows and
+    a sample of keys, streams the CSV to the metadata and memory-maps the vectors."""
+    from g3.index.importer import import_faiss_index
+
+    if link not in ("auto", "hardlink", "copy", "symlink"):
+        raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
+    index = import_faiss_index(faiss_file, metadata, _checkpoint(checkpoint), out, verify_images=verify_images,
+                               samples=samples, progress=progress, link=link)  # type: ignore[arg-type]  # fmt: skip
+    verified = index.manifest.build.get("verified_images", 0)
+    note = f"; {verified} photos verified against their rows" if verified else ""
+    typer.echo(f"wrote {out}: {len(index)} rows of width {index.dim} imported ({index.manifest.build['placed']}){note}")
 
 
 @index_app.command("info")
@@ -426,9 +497,9 @@ def locate(
     photos: Annotated[
         list[Path], typer.Argument(help="Photos, or folders of photos (their image files, sorted by path).")
     ],
-    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")] = Path(
-        "configs/paper.yaml"
-    ),
+    config: ConfigOption = Path("paper"),
+    lmm_url: LMMUrl = None,
+    lmm_model: LMMModel = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print the full predictions as JSON (every entry has its "path").')
     ] = False,
@@ -478,9 +549,7 @@ def locate(
         results_file.append([result_row(p, e) for p, e in outcomes.items()])
     runnable = [p for p in todo if p not in outcomes]
     if runnable:
-        from g3.agent.config import G3Config
-
-        settings = G3Config.load(config)  # a bad configuration is reported before the models are imported
+        settings = _settings(config, lmm_url, lmm_model)  # a bad configuration is reported before models import
         outcomes |= _locate_files(runnable, settings, results_file, concurrency=concurrency, chunk_size=chunk_size,
                                   explain=explain, quiet=as_json, progress=progress)  # fmt: skip
     if results_file is not None:
@@ -590,9 +659,9 @@ def _explanation(prediction: Any) -> str:
 
 @app.command()
 def serve(
-    config: Annotated[Path, typer.Option("--config", "-c", help="G3 configuration (YAML).")] = Path(
-        "configs/paper.yaml"
-    ),
+    config: ConfigOption = Path("paper"),
+    lmm_url: LMMUrl = None,
+    lmm_model: LMMModel = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (vLLM's servers default to 8000).")] = 8080,
     model_id: Annotated[str, typer.Option(help="Model id clients ask for.")] = "g3",
@@ -660,7 +729,7 @@ def serve(
             "--map-tiles without --map-attribution: the map credits the tile host by name only; most tile "
             "providers require their own credit line"
         )
-    with G3.from_config(config) as g3:
+    with G3.from_config(_settings(config, lmm_url, lmm_model)) as g3:
         logging.getLogger(__name__).info(
             "serving %s on http://%s:%d/v1 (API keys %s); web page at http://%s:%d/", model_id, host, port,
             "required" if keys else "off", host, port,

@@ -54,7 +54,7 @@ def config_file(source: str | os.PathLike[str]) -> Path:
     shipped = shipped_config(str(source))
     if shipped is not None:
         return shipped
-    names = [n for n in config_names() if not n.startswith("eval/tiny/")]
+    names = [n for n in config_names() if not n.startswith(("eval/tiny/", "train_"))]
     raise ConfigError(
         f"no configuration {str(source)!r}: it is not a file (from {Path.cwd()}), a bundle folder with "
         f"{BUNDLE_CONFIG}, or the name of a shipped configuration ({', '.join(names)}; eval/tiny/NAME for the "
@@ -207,6 +207,24 @@ class G3Config(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(f"invalid configuration in {where}:\n{exc}") from exc
+
+
+def with_lmm(config: G3Config, *, url: str | None = None, model: str | None = None) -> G3Config:
+    """``config`` with its LMM named anew (`g3 locate/serve --lmm-url/--lmm-model`): ``url`` an OpenAI-compatible
+    server (``vllm serve``), with ``model`` its served model name (default: the configured one); ``model`` alone
+    a hub id or folder run in-process by vLLM (``tiny://llava``: by transformers, the only backend it runs on)."""
+    if url is None and model is None:
+        return config
+    lmm = config.lmm.model_dump()
+    if url is not None:
+        lmm.update(backend="openai", base_url=url, model=model or lmm["model"])
+    else:
+        assert model is not None
+        lmm.update(backend="transformers" if model.startswith("tiny://") else "vllm", model=model, base_url=None)
+    try:
+        return G3Config.model_validate({**config.model_dump(), "lmm": lmm})
+    except ValidationError as exc:
+        raise ConfigError(f"cannot use the LMM named on the command line:\n{exc}") from exc
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
