@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from g3.index.build import IndexBuildConfig, build_index
     from g3.index.gallery import GallerySearchResult, GPSGallery, load_gallery_coordinates
     from g3.index.geo_index import GeoIndex, Neighbours, SearchResult
+    from g3.index.importer import import_faiss_index
     from g3.index.manifest import IndexManifest
 
 #: public name → its module, imported on first use (keeps this package's import light)
@@ -20,6 +21,7 @@ _EXPORTS = {
     "g3.index.build": ("IndexBuildConfig", "build_index"),
     "g3.index.gallery": ("GallerySearchResult", "GPSGallery", "load_gallery_coordinates"),
     "g3.index.geo_index": ("GeoIndex", "Neighbours", "SearchResult"),
+    "g3.index.importer": ("import_faiss_index",),
     "g3.index.manifest": ("IndexManifest",),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -35,5 +37,6 @@ __all__ = [
     "SearchBackend",
     "SearchResult",
     "build_index",
+    "import_faiss_index",
     "load_gallery_coordinates",
 ]

@@ -192,7 +192,7 @@ class GeoIndex:
             self.backend.write(staging / INDEX_FILE)
             pq.write_table(self.metadata, staging / METADATA_FILE)
             files = {name: file_entry(staging / name) for name in (INDEX_FILE, METADATA_FILE)}
-            manifest = self.manifest.model_copy(update={"files": files})
+            manifest = self.manifest.model_copy(update={"files": files}).with_version()
             atomic_write_json(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
             for name, obj in (extra_json or {}).items():
                 atomic_write_json(staging / name, obj)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from g3.errors import GeoIndexError
 
 FORMAT = "g3-geo-index"
-FORMAT_VERSION = 1
+#: Version 2 added what imported and two-stage indexes need (``keys_built_by``, ``sources``, ``rerank``,
+#: ``converted_from``); a folder without them is written as version 1, which older g3 versions read.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
@@ -25,13 +27,36 @@ class FileEntry(BaseModel):
     sha256: str
 
 
+class SourceFile(BaseModel):
+    """A file an index was made from (an imported FAISS file, a metadata CSV), as it was when read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="file name as given")
+    path: str = Field(description="absolute path when it was read")
+    bytes: int
+    sha256: str
+    streamed: bool = Field(default=True, description="read chunk by chunk, never whole into memory")
+
+
+class RerankSpec(BaseModel):
+    """Two-stage search: the FAISS index finds ``candidates`` rows per query, which are re-scored exactly
+    from the full vectors in ``file`` (``rows × dim`` of ``dtype``, C order, memory-mapped)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    dtype: Literal["float16", "float32"]
+    candidates: int = Field(gt=0)
+
+
 class IndexManifest(BaseModel):
     """Everything needed to trust and use an index folder."""
 
     model_config = ConfigDict(extra="forbid")
 
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     rows: int = Field(ge=0)
     dim: int = Field(gt=0)
     kind: str = Field(description="FAISS factory string, e.g. 'Flat', 'IVF4096,PQ64', 'HNSW32'")
@@ -46,6 +71,17 @@ class IndexManifest(BaseModel):
     faiss_version: str
     files: dict[str, FileEntry] = Field(default_factory=dict)
     build: dict[str, Any] = Field(default_factory=dict, description="corpus and skipped-image counts")
+    keys_built_by: Literal["g3", "external"] = Field(
+        default="g3", description="'external': the vectors were imported (`g3 index import`), not encoded by g3"
+    )
+    sources: dict[str, SourceFile] = Field(default_factory=dict, description="imported files: 'index', 'metadata'")
+    rerank: RerankSpec | None = Field(default=None, description="two-stage search (`g3 index convert`)")
+    converted_from: dict[str, Any] | None = Field(default=None, description="the index this one was converted from")
+
+    def with_version(self) -> IndexManifest:
+        """This manifest with the lowest format version that holds its fields (older g3 reads version 1)."""
+        v2 = self.keys_built_by != "g3" or self.sources or self.rerank is not None or self.converted_from is not None
+        return self.model_copy(update={"format_version": 2 if v2 else 1})
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -63,17 +99,22 @@ def read_manifest(folder: Path) -> IndexManifest:
     if not path.is_file():
         raise GeoIndexError(f"{folder} is not a g3 index: {MANIFEST_FILE} is missing (build one with `g3 index build`)")
     try:
-        manifest = IndexManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as exc:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
         raise GeoIndexError(f"{path} is corrupt: {exc}") from exc
-    if manifest.format != FORMAT:
-        raise GeoIndexError(f"{path}: format {manifest.format!r} is not {FORMAT!r}")
-    if manifest.format_version > FORMAT_VERSION:
+    if not isinstance(raw, dict):
+        raise GeoIndexError(f"{path} is corrupt: not a JSON object")
+    if raw.get("format", FORMAT) != FORMAT:
+        raise GeoIndexError(f"{path}: format {raw['format']!r} is not {FORMAT!r}")
+    version = raw.get("format_version", 1)
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise GeoIndexError(
-            f"{path}: format version {manifest.format_version} is newer than this g3 reads ({FORMAT_VERSION}); "
-            "upgrade g3"
+            f"{path}: format version {version} is newer than this g3 reads ({FORMAT_VERSION}); upgrade g3"
         )
-    return manifest
+    try:
+        return IndexManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise GeoIndexError(f"{path} is corrupt: {exc}") from exc
 
 
 def check_files(folder: Path, manifest: IndexManifest, *, verify_checksums: bool) -> None:
