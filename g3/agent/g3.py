@@ -22,6 +22,7 @@ from g3.lmm.base import LMMBackend, LMMResponse
 from g3.lmm.batching import BatchingBackend
 from g3.lmm.prompts import load_template
 from g3.models import GeoAligner
+from g3.verify import Pool
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,25 @@ class G3:
         """Synchronous `alocate` (also inside a running event loop, e.g. a notebook: see `run_coroutine`)."""
         return run_coroutine(self.alocate(image))
 
+    async def alocate_with_pool(self, image: ImageInput) -> tuple[GeoPrediction, Pool]:
+        """`alocate`, and the photo's candidate pool (`g3.verify.Pool`, id ``"query"``, no truth): what the
+        answer was chosen from, as an evaluation run writes it to ``pools.jsonl`` (`g3.agent.pooling`)."""
+        state = await self.graph.ainvoke(self._input(image), context=self.runtime)
+        return self.prediction(state), self.pool(state)
+
+    def pool(self, state: LocateState) -> Pool:
+        """The candidate pool of a finished graph state (see `alocate_with_pool`)."""
+        from g3.agent.pooling import state_pool
+
+        return state_pool(state, self.runtime.aligner)
+
     async def alocate_batch(
-        self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
+        self,
+        images: Sequence[ImageInput],
+        *,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+        with_pools: bool = False,
     ) -> list[Any]:
         """Locate several photos, ``concurrency`` at a time (their prompts share LMM batches).
 
@@ -160,15 +178,16 @@ class G3:
         failed, `BatchError` is raised carrying all results in order (``.results``, the failed photos'
         exceptions in their places) and ``.errors`` (index → exception). With ``return_exceptions`` the
         list is returned instead, each failed photo's exception in place of its prediction. A cancellation
-        or an interrupt is raised as it is.
+        or an interrupt is raised as it is. With ``with_pools`` each result is a ``(prediction, pool)``
+        pair (`alocate_with_pool`).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def one(image: ImageInput) -> GeoPrediction:
+        async def one(image: ImageInput) -> Any:
             async with semaphore:
-                return await self.alocate(image)
+                return await (self.alocate_with_pool(image) if with_pools else self.alocate(image))
 
         results: list[Any] = list(await asyncio.gather(*(one(i) for i in images), return_exceptions=True))
         errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
@@ -180,10 +199,16 @@ class G3:
         return results
 
     def locate_batch(
-        self, images: Sequence[ImageInput], *, concurrency: int = 4, return_exceptions: bool = False
+        self,
+        images: Sequence[ImageInput],
+        *,
+        concurrency: int = 4,
+        return_exceptions: bool = False,
+        with_pools: bool = False,
     ) -> list[Any]:
         """Synchronous `alocate_batch` (also inside a running event loop, e.g. a notebook)."""
-        return run_coroutine(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions))
+        return run_coroutine(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions,
+                                                with_pools=with_pools))  # fmt: skip
 
     async def astream(self, image: ImageInput) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Step-by-step progress: yields ``(node name, its state update)`` as each step finishes, then

@@ -3,11 +3,11 @@
 `run_evaluation_ray` is `g3.evaluation.runner.run_evaluation` with the locating handed to Ray actors; the
 rest is the runner's code: the same run folder and configuration check, the same batches (`batch_bounds`:
 a first small batch probing the LMM, then ``batch_size`` photos) located by `locate_chunk`, the same records
-appended (flushed and fsynced per batch) to ``predictions.jsonl`` in dataset order, the same resume (photos
-already in the file are skipped), the same early stop and degraded-share check, the same metrics, report
-and plots. Batches finish on the actors in any order; the driver writes each one as soon as
-every batch before it is written, so the file is the single-process file and any prefix of it is a valid
-interrupted run.
+appended (flushed and fsynced per batch) to ``predictions.jsonl`` in dataset order, their candidate pools to
+``pools.jsonl``, the same resume (photos already in the file are skipped), the same early stop and
+degraded-share check, the same metrics, report and plots. Batches finish on the actors in any order; the
+driver writes each one as soon as every batch before it is written, so the file is the single-process file
+and any prefix of it is a valid interrupted run.
 
 Each actor builds `G3.from_config` once from the configuration (a mapping: paths travel, models do not).
 The models, index and images it names must be readable at the same paths on every node.
@@ -25,6 +25,7 @@ from g3.agent import G3Config
 from g3.evaluation.datasets import EvalDataset
 from g3.evaluation.degraded import DEFAULT_FAIL_FAST, check_degraded_share
 from g3.evaluation.metrics import DEFAULT_CONVENTION, Convention
+from g3.evaluation.pools import POOLS
 from g3.evaluation.runner import PREDICTIONS, PredictionWriter, batch_bounds, finalize, locate_chunk, pending_items
 from g3.index.distributed import RayOptions, call_all, ray_session, run_jobs, start_actors, stop_actors, worker_count
 
@@ -49,7 +50,7 @@ class _Locator:
         return str(self.g3.config.pipeline.mode)
 
     def locate(self, chunk: list[Item]) -> list[dict[str, Any]]:
-        return locate_chunk(self.g3, chunk, concurrency=self.concurrency)
+        return locate_chunk(self.g3, chunk, concurrency=self.concurrency, pools=True)
 
     def close(self) -> None:
         if self.g3 is not None:
@@ -93,7 +94,8 @@ def run_evaluation_ray(
                 log.info("%s: locating %d images in %d batches on %d Ray workers", dataset.name, len(items),
                          len(chunks), len(actors))  # fmt: skip
                 with PredictionWriter(run / PREDICTIONS, total=total, initial=total - len(items), progress=progress,
-                                      desc=f"{dataset.name} (ray)", fail_fast=fail_fast) as writer:  # fmt: skip
+                                      desc=f"{dataset.name} (ray)", fail_fast=fail_fast,
+                                      pools=run / POOLS) as writer:  # fmt: skip
                     finished: dict[int, list[dict[str, Any]]] = {}
                     next_batch = 0
 

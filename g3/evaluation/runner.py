@@ -5,6 +5,8 @@ A run folder holds::
     config.yaml         the resolved G3Config (a resumed run must use the same one)
     predictions.jsonl   one line per image, appended and flushed as results arrive (with whether and
                         why its prediction degraded)
+    pools.jsonl         each located image's candidate pool with its truth, for `g3 verify fit`
+                        (`g3.evaluation.pools`)
     metrics.json        scores, counts, degraded photos by reason, convention, config, git SHA (at the end)
     report.md           degraded photos first, then tables, per-continent / country / scene breakdowns, plots
     error_cdf.png  world_map.png  recall_vs_area.png
@@ -36,6 +38,7 @@ from g3.errors import EvaluationError, G3Error
 from g3.evaluation.datasets import EvalDataset
 from g3.evaluation.degraded import DEFAULT_FAIL_FAST, FailFast, check_degraded_share, degraded_summary
 from g3.evaluation.metrics import DEFAULT_CONVENTION, THRESHOLDS_KM, Convention, distances_km, recall_vs_area, summarize
+from g3.evaluation.pools import POOL_FIELD, POOLS, PoolAppender, reconcile_pools
 from g3.io import atomic_write_text, drop_partial_line
 
 log = logging.getLogger(__name__)
@@ -118,19 +121,30 @@ def _check_config(run_dir: Path, config: G3Config) -> None:
 
 
 def locate_chunk(
-    g3: G3, chunk: list[tuple[str, Path, tuple[float, float] | None]], *, concurrency: int = 4
+    g3: G3, chunk: list[tuple[str, Path, tuple[float, float] | None]], *, concurrency: int = 4, pools: bool = False
 ) -> list[dict[str, Any]]:
     """Locate ``(img_id, image path, truth or None)`` items together; their JSONL records, in order.
 
     An image that cannot be read or located (a `G3Error` or `OSError`) gives a record with its error; any
-    other exception is a bug, not a bad image, and is raised.
+    other exception is a bug, not a bad image, and is raised. With ``pools`` each located image's record
+    also carries its candidate pool line (id = img_id, with the truth) under `POOL_FIELD`, which
+    `PredictionWriter` writes to the pools file.
     """
-    results = g3.locate_batch([p for _, p, _ in chunk], concurrency=concurrency, return_exceptions=True)
+    from g3.verify import pool_line
+
+    results = g3.locate_batch([p for _, p, _ in chunk], concurrency=concurrency, return_exceptions=True,
+                              with_pools=pools)  # fmt: skip
     records = []
     for (img_id, _, truth), result in zip(chunk, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, G3Error | OSError):
             raise result  # a bug, not a bad image: stop rather than record it as a miss
-        records.append(prediction_record(img_id, truth, result))
+        if pools and not isinstance(result, BaseException):
+            result, pool = result
+            record = prediction_record(img_id, truth, result)
+            record[POOL_FIELD] = pool_line(pool.model_copy(update={"id": img_id, "truth": truth}))
+            records.append(record)
+        else:
+            records.append(prediction_record(img_id, truth, result))
     return records
 
 
@@ -140,12 +154,16 @@ class PredictionWriter:
 
     With ``fail_fast`` N > 0 the first records are held back until one shows a working LMM, and `write`
     raises `LMMUnavailableError` (without writing them) when the LMM failed for each of the first N located
-    photos (`g3.evaluation.degraded.FailFast`)."""
+    photos (`g3.evaluation.degraded.FailFast`). With ``pools`` (a path) the records' pool lines are appended
+    there, each batch's just before its predictions (`g3.evaluation.pools`)."""
 
     def __init__(
-        self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate", fail_fast: int = 0
-    ) -> None:
+        self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate", fail_fast: int = 0,
+        pools: Path | None = None,
+    ) -> None:  # fmt: skip
         self.path, self.total, self.initial, self.progress, self.desc = path, total, initial, progress, desc
+        self.pools_path = pools
+        self.pools: PoolAppender | None = None
         self.hits = {25.0: 0, 2500.0: 0}
         self.located = 0
         self.watch = FailFast(fail_fast)
@@ -157,6 +175,9 @@ class PredictionWriter:
             log.warning(
                 "%s: removed an unfinished last line (interrupted write); that image is located again", self.path
             )
+        if self.pools_path is not None:
+            reconcile_pools(self.pools_path, read_predictions(self.path))
+            self.pools = PoolAppender(self.pools_path).__enter__()
         self.out = self.path.open("a", encoding="utf-8")
         self.bar = tqdm(total=self.total, initial=self.initial, unit="img", disable=not self.progress, desc=self.desc)
         return self
@@ -168,6 +189,8 @@ class PredictionWriter:
         finally:
             self.bar.close()
             self.out.close()
+            if self.pools is not None:
+                self.pools.__exit__()
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Append ``records`` (or hold them while probing the LMM; see the class); raises
@@ -175,6 +198,9 @@ class PredictionWriter:
         self._append(self.watch.feed(records), shown=len(records))
 
     def _append(self, records: list[dict[str, Any]], shown: int | None = None) -> None:
+        lines = [line for record in records if (line := record.pop(POOL_FIELD, None)) is not None]
+        if self.pools is not None:  # before the predictions: a photo in predictions.jsonl has its pool
+            self.pools.append(lines)
         for record in records:
             self.out.write(json.dumps(record) + "\n")
             truth = (record["gt_lat"], record["gt_lon"])
@@ -202,15 +228,17 @@ def locate_into(
     total: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     fail_fast: int = 0,
+    pools: Path | None = None,
 ) -> None:
     """Locate ``(img_id, image path, truth or None)`` items, appending one JSONL line each to ``path``
     (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known.
-    ``fail_fast``: see `PredictionWriter` (the first batch then holds that many photos)."""
+    ``fail_fast``: see `PredictionWriter` (the first batch then holds that many photos); ``pools``: the
+    file that gets each located image's candidate pool."""
     total = len(items) if total is None else total
     with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc,
-                          fail_fast=fail_fast) as writer:  # fmt: skip
+                          fail_fast=fail_fast, pools=pools) as writer:  # fmt: skip
         for number, (start, stop) in enumerate(batch_bounds(len(items), batch_size, first=fail_fast)):
-            writer.write(locate_chunk(g3, items[start:stop], concurrency=concurrency))
+            writer.write(locate_chunk(g3, items[start:stop], concurrency=concurrency, pools=pools is not None))
             if on_batch is not None:
                 on_batch(number)
 
@@ -273,7 +301,7 @@ def run_evaluation(
     run = Path(run_dir)
     total, items = pending_items(run, dataset, g3.config, limit=limit)
     locate_into(g3, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
-                desc=dataset.name, total=total, on_batch=on_batch, fail_fast=fail_fast)  # fmt: skip
+                desc=dataset.name, total=total, on_batch=on_batch, fail_fast=fail_fast, pools=run / POOLS)  # fmt: skip
     payload = finalize(run, dataset, g3.config, convention=convention, limit=limit)
     check_degraded_share(payload, max_degraded)
     return payload
