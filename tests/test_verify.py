@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from g3.verify import scoring as verify_module
 from g3.geo import haversine_km
 from g3.models import GeoAligner
 from g3.verify import (
@@ -18,6 +17,7 @@ from g3.verify import (
     embedding_scores,
     verify,
 )
+from g3.verify import scoring as verify_module
 
 PARIS = (48.8566, 2.3522)
 TOKYO = (35.6762, 139.6503)
