@@ -8,9 +8,9 @@ so ``g3 locate --config tiny`` works from any folder.
 
 Relative paths in a file are relative to that file, like ``extends:``, so a configuration works from any
 working folder (``g3 locate -c /abs/my.yaml``). This applies to the settings that name files or folders
-(`PATH_SETTINGS`: aligner, index, gallery, cache_dir, lmm.model, ensemble.prompt_dir), each resolved against
-the file that sets it (a base file's paths against the base file). Since some of these also take names (a
-hub id such as ``Qwen/Qwen2.5-VL-7B-Instruct``, ``gallery: geoclip``), a relative value is taken as a path
+(`PATH_SETTINGS`: aligner, index, gallery, cache_dir, lmm.model, ensemble.prompt_dir, verify.ranker), each
+resolved against the file that sets it (a base file's paths against the base file). Since some of these also
+take names (a hub id such as ``Qwen/Qwen2.5-VL-7B-Instruct``, ``gallery: geoclip``), a relative value is taken as a path
 beside the file when it starts with ``./`` or ``../`` or when it exists there; any other value stays as
 written (a name, a URI, an absolute path, or a path relative to the working folder, where it was looked
 up before). Values given as a mapping or a `G3Config` are taken as written. A value of the form
@@ -250,7 +250,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 #: Settings that name a file or folder: their relative values are resolved against the configuration file.
-PATH_SETTINGS = ("aligner", "index", "gallery", "cache_dir", "lmm.model", "ensemble.prompt_dir")
+PATH_SETTINGS = ("aligner", "index", "gallery", "cache_dir", "lmm.model", "ensemble.prompt_dir", "verify.ranker")
 
 
 def relative_to_file(value: str, folder: Path) -> str:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # torch is imported where an aligner is used: `VerifyConfig` 
 log = logging.getLogger(__name__)
 
 Kernel = Literal["gaussian", "exponential"]
+#: How `verify` chooses the answer (`VerifyConfig.mode`).
+VerifyMode = Literal["fused", "cluster", "lmm_rerank"]
 #: The score components, in the order they are fused.
 COMPONENTS = ("embedding", "consensus", "retrieval")
 # Spread (max - min) below which a component counts as constant (min-max would amplify float noise).
@@ -107,6 +109,12 @@ class VerifyConfig(BaseModel):
     consensus_kernel: Kernel = "gaussian"
     #: Mass of one retrieved neighbour's location in the consensus, relative to a candidate's (1).
     neighbour_weight: float = Field(default=0.5, ge=0.0, allow_inf_nan=False)
+    #: How the answer is chosen: ``fused`` (the weighted score above; G3's rule with the default weights),
+    #: ``cluster`` (`g3.verify.rules.cluster_select`, coordinates only) or ``lmm_rerank`` (one more LMM
+    #: request choosing among the top candidates). A fitted ``ranker`` overrides the mode's choice.
+    mode: VerifyMode = "fused"
+    #: A ranker folder written by ``g3 verify fit`` (None: no learned ranker, no confidence).
+    ranker: str | None = None
 
     @model_validator(mode="after")
     def _some_weight(self) -> VerifyConfig:
