@@ -94,6 +94,11 @@ class GeoPrediction(BaseModel):
     degradations: list[Degradation] = Field(
         default_factory=list, description="why the answer is not what the configuration promises (empty: it is)"
     )
+    confidence: dict[str, float] | None = Field(
+        default=None,
+        description="calibrated probability that the answer lies within r km, keyed by r ('25', '200', '750'); "
+        "None when no fitted ranker (verify.ranker) chose the answer",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
