@@ -221,3 +221,5 @@ def test_ray_evaluation_writes_the_single_process_predictions(ray_local: None, t
     assert records == without_timings(tmp_path / "single")
     assert distributed["metrics"] == single["metrics"] and distributed["counts"] == single["counts"]
     assert (tmp_path / "ray" / "config.yaml").read_text() == (tmp_path / "single" / "config.yaml").read_text()
+    # the candidate pools travel back from the workers too: the same pools.jsonl as one process writes
+    assert (tmp_path / "ray" / "pools.jsonl").read_text() == (tmp_path / "single" / "pools.jsonl").read_text()
