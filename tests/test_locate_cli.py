@@ -158,7 +158,10 @@ def test_score_is_named_for_what_it_is() -> None:
 
     shown = " ".join(run("locate", "--help", cache=None).stdout.split())
     assert "relative score" in shown and "min-max normalised within the photo's candidates" in shown
-    assert "confidence" not in shown.replace("not a confidence", "")
+    # the calibrated confidence of a fitted ranker (and --min-confidence) are named apart from the score
+    assert "confidence" not in shown.replace("not a confidence", "").replace("calibrated confidence", "").replace(
+        "--min-confidence", ""
+    )
     description = GeoPrediction.model_fields["score"].description or ""
     assert "min-max normalised" in description and "not a confidence" in description
     one = {"lat": 1.0, "lon": 2.0, "source": "retrieval", "sample": 0, "score": 0.0, "components": {}, "rank": 0}

@@ -442,3 +442,64 @@ def recall_area_curve(
     ax.set_title(title, pad=18)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --- calibration (runs whose predictions carry a confidence) ----------------------------------------
+
+
+def reliability_diagram(
+    reliability_by_radius: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "Reliability"
+) -> Path:
+    """Stated probability against observed accuracy, one line per radius (``{"25": reliability, ...}`` as
+    `g3.evaluation.selective.reliability` gives), the diagonal being perfect calibration; each radius' ECE
+    in its legend and the predictions per bin in a lower panel."""
+    if not reliability_by_radius:
+        raise ValueError("reliability_diagram needs at least one radius")
+    fig = Figure(figsize=(7.0, 7.0))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="perfectly calibrated")
+    width = 1.0 / max(len(next(iter(reliability_by_radius.values()))["bins"]), 1)
+    for number, (radius, data) in enumerate(reliability_by_radius.items()):
+        bins = [b for b in data["bins"] if b["n"]]
+        label = f"within {radius} km (ECE {float(data['ece']):.3f}, n={data['n']})"
+        top.plot([b["probability"] for b in bins], [b["accuracy"] for b in bins], marker="o", linewidth=1.6,
+                 label=label)  # fmt: skip
+        shift = (number - (len(reliability_by_radius) - 1) / 2) * width / (len(reliability_by_radius) + 1)
+        bottom.bar([(b["low"] + b["high"]) / 2 + shift for b in data["bins"]], [b["n"] for b in data["bins"]],
+                   width=width / (len(reliability_by_radius) + 1), label=f"{radius} km")  # fmt: skip
+    top.set_xlim(0.0, 1.0)
+    top.set_ylim(0.0, 1.0)
+    top.set_ylabel("share of answers really within r km")
+    top.grid(True, alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title)
+    bottom.set_xlabel("stated probability P(within r km)")
+    bottom.set_ylabel("predictions")
+    bottom.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def risk_coverage_curve(
+    curves_by_radius: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "Risk–coverage"
+) -> Path:
+    """Accuracy of the answers kept against the share kept (most confident first), one line per radius
+    (``{"25": risk_coverage, ...}`` as `g3.evaluation.selective.risk_coverage` gives)."""
+    if not curves_by_radius:
+        raise ValueError("risk_coverage_curve needs at least one radius")
+    fig = Figure(figsize=(8.0, 5.0))
+    ax = fig.add_subplot()
+    for radius, curve in curves_by_radius.items():
+        coverage = np.asarray(curve["coverage"], dtype=np.float64)
+        accuracy = np.asarray(curve["accuracy"], dtype=np.float64)
+        ax.plot(coverage, accuracy, linewidth=1.8, label=f"within {radius} km")
+        ax.axhline(accuracy[-1], color=ax.lines[-1].get_color(), linestyle=":", linewidth=0.8, zorder=0)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("coverage: share of answers kept (most confident first)")
+    ax.set_ylabel("accuracy of the answers kept")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

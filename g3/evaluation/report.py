@@ -3,8 +3,10 @@
 The report opens with the degraded predictions by reason (when any) and the configuration's note, then
 states the dataset, the denominator (every image of the benchmark: missing and failed images count as
 wrong; or the first images found on disk of a limited run) and the distance convention next to every
-table, so that its numbers can be compared with published ones. Tables use fixed decimals: percentages
-2, kilometres and GeoScore 1.
+table, so that its numbers can be compared with published ones. When the predictions carry a calibrated
+confidence (a fitted ranker), a section compares the stated probabilities with what happened: expected
+calibration error, reliability diagram and risk–coverage (`g3.evaluation.selective`). Tables use fixed
+decimals: percentages 2, kilometres and GeoScore 1.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ PLOT_TITLES: dict[str, str] = {
     "error_cdf": "Error distribution",
     "world_map": "Ground truth and predictions",
     "recall_vs_area": "Recall vs Area",
+    "reliability": "Reliability diagram (stated probability vs observed accuracy)",
+    "risk_coverage": "Risk–coverage (accuracy of the answers kept vs share kept)",
 }
 #: Groups of a breakdown's *other* row named below its table.
 OTHER_NAMED = 12
@@ -272,6 +276,44 @@ def _rva_section(rva: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _confidence_section(confidence: Mapping[str, Any]) -> list[str]:
+    """Calibration of the stated probabilities (a `g3.evaluation.selective.confidence_summary`)."""
+    op = _comparison(str(confidence.get("convention", "")))
+    radii: Mapping[str, Any] = confidence.get("radii") or {}
+    lines = [
+        "## Calibrated confidence",
+        "",
+        f"{fmt_count(confidence.get('photos'))} located photos carry P(answer {op} r km) from the fitted ranker. "
+        "A calibrated probability p is right p of the time: ECE is the mean gap between stated and observed "
+        "(10 equal-width bins; 0 is perfect).",
+        "",
+    ]
+    rows = [
+        [f"{op} {radius} km", fmt_count(data["reliability"]["n"]), fmt_percent(data["mean_probability"]),
+         fmt_percent(data["accuracy"]), f"{float(data['reliability']['ece']):.3f}"]
+        for radius, data in radii.items()
+    ]  # fmt: skip
+    lines += _table(["answer within", "photos", "mean stated (%)", "observed (%)", "ECE"], rows)
+    tables = {radius: data["risk_coverage"]["table"] for radius, data in radii.items()}
+    if tables:
+        coverages = [row["coverage"] for row in next(iter(tables.values()))]
+        lines += [
+            "",
+            "### Risk–coverage",
+            "",
+            "Accuracy (%) of the answers kept when only the most confident are given (`--min-confidence`), and the "
+            "probability p that keeps them; a share is rounded up to keep ties together.",
+            "",
+        ]
+        header = ["answer within", *[f"keep {100 * c:.0f} %" for c in coverages]]
+        rows = [
+            [f"{op} {radius} km", *[f"{fmt_percent(r['accuracy'])} (p ≥ {r['threshold']:.2f})" for r in table]]
+            for radius, table in tables.items()
+        ]
+        lines += _table(header, rows)
+    return lines
+
+
 def _breakdown_table(name: str, frame: pd.DataFrame, op: str) -> list[str]:
     group = name if name in frame.columns else str(frame.columns[0])
     accuracy_keys = [c for c in frame.columns if isinstance(c, str) and _threshold_km(c) is not None]
@@ -361,6 +403,7 @@ def render_report(
     notes: Sequence[str] | None = None,
     degraded: Mapping[str, Any] | None = None,
     note: str | None = None,
+    confidence: Mapping[str, Any] | None = None,
 ) -> str:
     """The Markdown text of `write_report` (same arguments)."""
     run = Path(run_dir)
@@ -373,6 +416,8 @@ def render_report(
     lines += ["", *_accuracy_section(metrics)]
     if rvA:
         lines += ["", *_rva_section(rvA)]
+    if confidence:
+        lines += ["", *_confidence_section(confidence)]
     if breakdowns:
         lines += ["", *_breakdown_section(breakdowns, _comparison(str(metrics.get("convention", ""))))]
     if plots:
@@ -397,6 +442,7 @@ def write_report(
     notes: Sequence[str] | None = None,
     degraded: Mapping[str, Any] | None = None,
     note: str | None = None,
+    confidence: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``<run_dir>/report.md`` atomically and return its path.
 
@@ -414,6 +460,7 @@ def write_report(
         notes: free lines, e.g. how many images were missing or failed.
         degraded: a `g3.evaluation.degraded.degraded_summary`, reported first (loudly when any photo degraded).
         note: the configuration's note (e.g. the tiny setting's), shown at the top.
+        confidence: a `g3.evaluation.selective.confidence_summary` (runs with a fitted ranker), or None.
     """
     run = Path(run_dir)
     text = render_report(
@@ -429,6 +476,7 @@ def write_report(
         notes=notes,
         degraded=degraded,
         note=note,
+        confidence=confidence,
     )
     path = run / REPORT_NAME
     atomic_write_text(path, text)

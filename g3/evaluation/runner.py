@@ -10,6 +10,7 @@ A run folder holds::
     metrics.json        scores, counts, degraded photos by reason, convention, config, git SHA (at the end)
     report.md           degraded photos first, then tables, per-continent / country / scene breakdowns, plots
     error_cdf.png  world_map.png  recall_vs_area.png
+    reliability.png  risk_coverage.png   when the predictions carry a confidence (a fitted ranker)
 
 An interrupted run started again with the same folder skips every image already in
 ``predictions.jsonl``. Images missing from disk and images that fail count as wrong: the denominator
@@ -83,6 +84,7 @@ def prediction_record(
         "error": None,
         "degraded": result.degraded,
         "degradations": [d.model_dump(mode="json") for d in result.degradations],
+        "confidence": result.confidence,
     }
 
 
@@ -312,8 +314,9 @@ def finalize(
 ) -> dict[str, Any]:
     """Score ``predictions.jsonl`` and write metrics.json, report.md and the plots."""
     from g3.evaluation.breakdown import breakdown, locate_truth
-    from g3.evaluation.plots import error_cdf, recall_area_curve, world_map
+    from g3.evaluation.plots import error_cdf, recall_area_curve, reliability_diagram, risk_coverage_curve, world_map
     from g3.evaluation.report import write_metrics_json, write_report
+    from g3.evaluation.selective import confidence_summary
 
     raw = read_predictions(run / PREDICTIONS)
     records = pd.DataFrame(raw)
@@ -345,6 +348,13 @@ def finalize(
     }
     if rva is not None:
         plots["recall_vs_area"] = recall_area_curve({config.pipeline.mode: rva["curve"]}, run / "recall_vs_area.png")
+    confidence = confidence_summary(raw, convention)
+    if confidence is not None and confidence["radii"]:
+        radii = confidence["radii"]
+        plots["reliability"] = reliability_diagram({r: d["reliability"] for r, d in radii.items()},
+                                                   run / "reliability.png")  # fmt: skip
+        plots["risk_coverage"] = risk_coverage_curve({r: d["risk_coverage"] for r, d in radii.items()},
+                                                     run / "risk_coverage.png")  # fmt: skip
     sha = git_sha()
     failures = records[records["error"].notna()]
     if denominator < len(dataset.frame):
@@ -369,6 +379,7 @@ def finalize(
             "degraded": degraded["photos"],
         },
         "degraded": degraded,
+        "confidence": _compact(confidence),
         "note": config.note,
         "config": config.model_dump(mode="json"),
         "g3_version": __version__,
@@ -394,5 +405,18 @@ def finalize(
         notes=notes,
         degraded=degraded,
         note=config.note,
+        confidence=confidence,
     )
     return payload
+
+
+def _compact(confidence: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The confidence summary for metrics.json: reliability bins, ECE and the risk–coverage table, without
+    the per-photo curves (in the plot)."""
+    if confidence is None:
+        return None
+    curve = ("coverage", "accuracy", "threshold")
+    return confidence | {"radii": {
+        radius: data | {"risk_coverage": {k: v for k, v in data["risk_coverage"].items() if k not in curve}}
+        for radius, data in confidence["radii"].items()
+    }}  # fmt: skip

@@ -208,6 +208,10 @@ def create_app(g3: G3, settings: ServeSettings | None = None) -> FastAPI:
             raise APIError(404, f"model {body.model!r} not found; this server serves {settings.model_id!r}",
                            code="model_not_found", param="model")  # fmt: skip
         url = photo_url(body, max_images=settings.max_images, max_text_chars=settings.max_text_chars)
+        if body.min_confidence and g3.config.verify.ranker is None:
+            raise APIError(400, "min_confidence needs calibrated confidences, and this server has no fitted ranker "
+                           "(verify.ranker in its configuration); send the request without min_confidence",
+                           code="no_confidence", param="min_confidence")  # fmt: skip
         try:
             image = await fetch_image(url, settings.fetch_policy())
         except FetchError as exc:

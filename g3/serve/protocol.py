@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ImageURL(BaseModel):
@@ -76,6 +76,19 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     user: str | None = None
+    min_confidence: dict[str, float] | None = Field(
+        default=None,
+        description="g3 extension: withhold the answer unless its calibrated probability of lying within r km is at "
+        'least p, as {"r": p} with r in 25, 200, 750 (e.g. {"200": 0.8}); needs a server with a fitted ranker. '
+        "A withheld answer says WITHHELD with its probability and gives no coordinates.",
+    )
+
+    @field_validator("min_confidence")
+    @classmethod
+    def _check_min_confidence(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        from g3.agent.abstention import check_requirements
+
+        return None if value is None else check_requirements(value)
 
 
 class AssistantMessage(BaseModel):

@@ -1,12 +1,19 @@
-"""Chat-completion responses and stream chunks built from a `GeoPrediction`."""
+"""Chat-completion responses and stream chunks built from a `GeoPrediction`.
+
+The answer states its calibrated confidence when a fitted ranker gave one. A request's ``min_confidence``
+that the prediction misses withholds the answer: one choice saying WITHHELD with the probability (as JSON:
+`g3.agent.abstention.withheld_payload`, without coordinates), never the answer or its alternatives.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
 from g3.agent import GeoPrediction
+from g3.agent.abstention import Shortfall, confidence_text, shortfalls, withheld_payload, withheld_text
 from g3.serve.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -36,7 +43,9 @@ def answer_text(prediction: GeoPrediction, rank: int) -> str:
     place = f" near {prediction.place}" if rank == 0 and prediction.place else ""
     lead = "The photo was most likely taken" if rank == 0 else f"Alternative #{rank}: the photo may have been taken"
     where = f"latitude {c.lat:.5f}, longitude {c.lon:.5f}"
-    text = f"{lead}{place} at {where} (relative score {c.score:.3f}, from {c.source})."
+    confidence = confidence_text(prediction.confidence) if rank == 0 else ""
+    text = f"{lead}{place} at {where} (relative score {c.score:.3f}, from {c.source}"
+    text += f"; calibrated confidence {confidence})." if confidence else ")."
     if prediction.degraded:
         reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
         text = f"DEGRADED ({reasons}): {text}"
@@ -48,8 +57,30 @@ def answer_text(prediction: GeoPrediction, rank: int) -> str:
     return text
 
 
+def missed(prediction: GeoPrediction, request: ChatCompletionRequest) -> list[Shortfall]:
+    """The request's ``min_confidence`` requirements the prediction misses (empty: it is answered)."""
+    return shortfalls(prediction, request.min_confidence or {})
+
+
+def withheld_content(prediction: GeoPrediction, request: ChatCompletionRequest, why: list[Shortfall]) -> str:
+    """The one choice of a withheld answer: WITHHELD with the probabilities (and degradations), no coordinates."""
+    if wants_json(request):
+        return json.dumps(withheld_payload(prediction, why), ensure_ascii=False)
+    text = withheld_text(why)
+    if confidence := confidence_text(prediction.confidence):
+        text += f" Calibrated confidence of the withheld answer: {confidence}."
+    if prediction.degraded:
+        reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
+        why_degraded = " ".join(d.message.rstrip(".") + "." for d in prediction.degradations)
+        text = f"DEGRADED ({reasons}): {text} The prediction is also degraded: {why_degraded}"
+    return text
+
+
 def choice_content(prediction: GeoPrediction, request: ChatCompletionRequest, rank: int) -> str:
-    """Choice ``rank``'s content: text, or the prediction as JSON with that candidate as the answer."""
+    """Choice ``rank``'s content: text, or the prediction as JSON with that candidate as the answer; a withheld
+    answer's content instead (`withheld_content`)."""
+    if why := missed(prediction, request):
+        return withheld_content(prediction, request, why)
     if not wants_json(request):
         return answer_text(prediction, rank)
     c = prediction.candidates[rank]
@@ -64,7 +95,9 @@ def usage(prediction: GeoPrediction) -> UsageInfo:
 
 
 def ranks(prediction: GeoPrediction, request: ChatCompletionRequest) -> range:
-    """Choices returned: ``n``, or fewer when there are fewer distinct candidates."""
+    """Choices returned: ``n``, or fewer when there are fewer distinct candidates; one when withheld."""
+    if missed(prediction, request):
+        return range(1)
     return range(min(request.n, len(prediction.candidates)))
 
 
@@ -72,7 +105,9 @@ def choices_info(prediction: GeoPrediction, request: ChatCompletionRequest) -> C
     """How many choices were asked for and returned; a note when fewer than ``n`` (clients count choices)."""
     returned = len(ranks(prediction, request))
     note = None
-    if returned < request.n:
+    if why := missed(prediction, request):
+        note = f"the answer is withheld ({'; '.join(s.message for s in why)}): one choice saying so, no alternatives"
+    elif returned < request.n:
         found = len(prediction.candidates)
         note = (f"n={request.n} asked for {request.n} choices but only {returned} "
                 f"{'is' if returned == 1 else 'are'} returned: the photo has {found} candidate "
