@@ -149,7 +149,8 @@ def test_reasons_by_pipeline_mode_and_failure() -> None:
     assert "(LMM http" not in partial.message  # the error names the server already
     assert [d.reason for d in assess("full", [down, fine], 0, None, "e")] == ["prompts_failed", "no_parseable_answer"]
     assert assess("full", [fine], 1, None, "e") == []
-    assert set(REASONS) == {"lmm_unreachable", "lmm_timeout", "lmm_error", "no_parseable_answer", "prompts_failed"}
+    assert set(REASONS) == {"lmm_unreachable", "lmm_timeout", "lmm_error", "no_parseable_answer", "prompts_failed",
+                            "rerank_failed"}  # fmt: skip
 
 
 def _record(img_id: str, *reasons: str, error: str | None = None) -> dict[str, object]:

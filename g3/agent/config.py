@@ -181,6 +181,8 @@ class G3Config(BaseModel):
             raise ValueError("pipeline.describe 'nominatim' needs pipeline.nominatim_user_agent (its usage policy)")
         if self.pipeline.mode == "full" and self.lmm.backend == "none":
             raise ValueError("pipeline.mode 'full' needs an LMM backend; use mode 'retrieval' to run without one")
+        if self.verify.mode == "lmm_rerank" and self.lmm.backend == "none":
+            raise ValueError("verify.mode 'lmm_rerank' needs an LMM backend (lmm.backend) to choose the candidate")
         return self
 
     @property

@@ -27,6 +27,8 @@ REASONS: dict[str, str] = {
     "no_parseable_answer": "the LMM answered but no answer parsed into coordinates: the answer comes from "
     "retrieval only",
     "prompts_failed": "some prompts of the ensemble failed; the answer uses the other prompts' candidates",
+    "rerank_failed": "verify.mode lmm_rerank: the LMM's rerank request failed or its answer named no candidate; "
+    "the fused rule's answer stands",
 }
 #: The reasons meaning that the LMM did not answer at all (an evaluation stops early on them).
 LMM_FAILURES: frozenset[str] = frozenset({"lmm_unreachable", "lmm_timeout", "lmm_error"})
@@ -46,6 +48,13 @@ def _failures(failed: Sequence[LMMResponse], endpoint: str) -> str:
         by_error.setdefault(response.error or "unknown error", []).append(response.tag or "?")
     text = "; ".join(f"{', '.join(tags)}: {error}" for error, tags in by_error.items())
     return text if endpoint in text else f"{text} (LMM {endpoint})"
+
+
+def rerank_failed(error: str, endpoint: str) -> Degradation:
+    """The degradation of a query whose LMM rerank (``verify.mode: lmm_rerank``) did not choose: ``error`` says why."""
+    where = "" if endpoint in error else f" (LMM {endpoint})"
+    message = f"the LMM rerank chose no candidate — {error}{where}; the answer is the fused rule's choice"
+    return Degradation(reason="rerank_failed", message=message)
 
 
 def assess(

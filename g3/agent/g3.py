@@ -10,7 +10,7 @@ from typing import Any
 
 from g3.agent import official, tiny
 from g3.agent.config import BUNDLE_CONFIG, G3Config, LMMConfig
-from g3.agent.degradation import assess
+from g3.agent.degradation import assess, rerank_failed
 from g3.agent.graph import G3Runtime, LocateState, build_graph
 from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
 from g3.agent.sync import run_coroutine
@@ -109,10 +109,15 @@ class G3:
 
             gallery = _Gallery.from_source(config.gallery, aligner)
         backend = None
-        if config.pipeline.mode == "full":
+        if config.pipeline.mode == "full" or config.verify.mode == "lmm_rerank":
             backend = make_backend(config.lmm, cache)
+        if config.pipeline.mode == "full":
             for spec in config.effective_ensemble.prompts:  # read (and check) the templates now, not per query
                 load_template(spec.template, config.ensemble.prompt_dir)
+        if config.verify.mode == "lmm_rerank" and config.pipeline.verification:
+            from g3.lmm.rerank import RERANK_TEMPLATE
+
+            load_template(RERANK_TEMPLATE, config.ensemble.prompt_dir)
         geocoder = None
         if config.pipeline.describe == "nominatim":
             assert config.pipeline.nominatim_user_agent is not None  # validated by G3Config
@@ -267,6 +272,14 @@ class G3:
             parse=state.get("parse"),
             endpoint=backend.endpoint if backend is not None else "none",
         )
+        reranked = state.get("rerank")
+        raw_answers = self._raw_answers(responses)
+        tokens = [r.usage for r in responses]
+        if reranked is not None:  # verify.mode lmm_rerank: its raw answer and tokens are reported with the prompts'
+            raw_answers[reranked.response.tag] = list(reranked.response.texts)
+            tokens.append(reranked.response.usage)
+            if reranked.error is not None:
+                degradations.append(rerank_failed(reranked.error, backend.endpoint if backend else "none"))
         return GeoPrediction(
             lat=best.candidate.lat,
             lon=best.candidate.lon,
@@ -291,11 +304,11 @@ class G3:
                 backend=backend.name if backend is not None else None,
                 prompts=len(responses),
                 failed_prompts=sum(not r.ok for r in responses),
-                prompt_tokens=sum(r.usage.prompt_tokens for r in responses),
-                completion_tokens=sum(r.usage.completion_tokens for r in responses),
+                prompt_tokens=sum(u.prompt_tokens for u in tokens),
+                completion_tokens=sum(u.completion_tokens for u in tokens),
             ),
             parse=state["parse"].to_dict() if "parse" in state else {},
-            raw_answers=self._raw_answers(responses),
+            raw_answers=raw_answers,
             timings=timings,
             warnings=warnings,
             mode=self.config.pipeline.mode,

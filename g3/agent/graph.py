@@ -1,5 +1,8 @@
 """The LangGraph workflow of one query: encode → retrieve → render → generate (fan-out) → parse → verify → describe.
 
+``verify`` chooses by ``verify.mode``: the fused score (G3's rule) or the densest cluster; with ``lmm_rerank`` a
+``rerank`` node after it asks the LMM to choose among the fused ranking's top candidates.
+
 State is a ``TypedDict``; only keys written by parallel workers have reducers. Models, index, gallery
 and LMM backend come in through the runtime context (`G3Runtime`), never module globals. Each node
 calls one function of `g3.agent.steps` and records its wall time. The shape of the graph follows the
@@ -45,6 +48,7 @@ class LocateState(TypedDict, total=False):
     candidates: list[Candidate]
     parse: ParseStats
     ranked: list[ScoredCandidate]
+    rerank: steps.Reranked  # verify.mode lmm_rerank: the LMM's choice (or why it failed)
     address: dict[str, str] | None
     warnings: Annotated[list[str], operator.add]
     timings: Annotated[dict[str, float], _merge]
@@ -140,10 +144,27 @@ async def retrieval_only(state: LocateState, runtime: Runtime[G3Runtime]) -> dic
 
 async def verify(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
     ctx = runtime.context
-    ranked = await asyncio.to_thread(
-        steps.verify_candidates, state["candidates"], state["views"], ctx.aligner, state["similar"], ctx.config.verify
-    )
-    return {"ranked": ranked}
+    config = ctx.config.verify
+    args = (state["candidates"], state["views"], ctx.aligner, state["similar"], config)
+    if config.mode == "cluster":
+        verified = await asyncio.to_thread(steps.cluster_candidates, *args)
+        return {"candidates": verified.candidates, "ranked": verified.ranked}
+    # fused, and the ranking an lmm_rerank shows its top candidates from
+    return {"ranked": await asyncio.to_thread(steps.verify_candidates, *args)}
+
+
+async def rerank(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    """``verify.mode: lmm_rerank``: one more LMM request chooses among the top candidates (`steps.apply_rerank`)."""
+    ctx = runtime.context
+    assert ctx.backend is not None  # guaranteed by G3Config: lmm_rerank needs an LMM backend
+    shown = steps.rerank_shown(state["ranked"], ctx.config.verify.rerank_candidates)
+    ensemble = ctx.config.effective_ensemble
+    seed = None if ensemble.seed is None else ensemble.seed + len(ensemble.prompts)
+    request = await asyncio.to_thread(steps.rerank_rendered, state["image"], shown, ensemble, seed)
+    (response,) = await generate_with_timeout(ctx.backend, [request], ctx.config.lmm.timeout_s)
+    outcome = steps.apply_rerank(state["candidates"], state["ranked"], shown, response)
+    warnings = [] if outcome.error is None else [f"LMM rerank failed ({outcome.error}): the fused rule's answer stands"]
+    return {"candidates": outcome.candidates, "ranked": outcome.ranked, "rerank": outcome, "warnings": warnings}
 
 
 async def pick_random(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
@@ -188,6 +209,10 @@ def build_graph(config: G3Config) -> Any:
     chooser = "verify" if config.pipeline.verification else "pick_random"
     add(chooser, verify if config.pipeline.verification else pick_random)
     graph.add_edge(last, chooser)
+    if config.pipeline.verification and config.verify.mode == "lmm_rerank":
+        add("rerank", rerank)
+        graph.add_edge(chooser, "rerank")
+        chooser = "rerank"
     if config.pipeline.describe != "none":
         add("describe", describe)
         graph.add_edge(chooser, "describe")

@@ -21,8 +21,11 @@ from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMRequest, LMMResponse
 from g3.lmm.parse import ParseStats, parse_answers
 from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests
+from g3.lmm.rerank import RERANK_TAG, RerankError, RerankOption, parse_choice, rerank_request
 from g3.models import GeoAligner
 from g3.verify import Candidate, ScoredCandidate, VerifyConfig, verify
+from g3.verify.pools import RANKED_SOURCES
+from g3.verify.rules import DEFAULT_CLUSTER_PARAMS, ClusterChoice, ClusterParams, cluster_select
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,130 @@ def verify_candidates(
         raise G3Error("no candidate location to verify (empty index and no LMM answer)")
     neighbours = similar.coordinates if len(similar.coordinates) else None
     return verify(candidates, query_gps=views.gps_aligned, aligner=aligner, neighbours=neighbours, config=config)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The verify step's result: the candidates chosen from (the pool: a rule may add the point it answers)
+    and all of them ranked, best first (``rank`` 0 is the answer)."""
+
+    candidates: list[Candidate]
+    ranked: list[ScoredCandidate]
+
+
+def _answer_first(ranked: Sequence[ScoredCandidate], answer: ScoredCandidate) -> list[ScoredCandidate]:
+    """``answer`` at rank 0, then the others in their order, renumbered."""
+    rest = [s for s in ranked if s is not answer]
+    return [ScoredCandidate(s.candidate, s.score, s.components, rank) for rank, s in enumerate([answer, *rest])]
+
+
+def cluster_candidates(
+    candidates: Sequence[Candidate],
+    views: QueryViews,
+    aligner: GeoAligner,
+    similar: RetrievedSet,
+    config: VerifyConfig,
+    params: ClusterParams = DEFAULT_CLUSTER_PARAMS,
+) -> Verified:
+    """``verify.mode: cluster``: the densest-cluster rule (`g3.verify.rules.cluster_select`) chooses the answer.
+
+    Retrieved and gallery candidates take part with their rank, the similar neighbours as support. When the
+    rule snaps to a retrieved photo that is not a candidate, that photo joins the candidates (source
+    ``"retrieval"``, its rank and similarity), so the answer is always in the pool. Every candidate keeps its
+    fused score and components (see `verify_candidates`) plus ``components["density"]``; the answer comes
+    first, the others in fused order.
+    """
+    if not candidates:
+        raise G3Error("no candidate location to verify (empty index and no LMM answer)")
+    pool = list(candidates)
+    neighbours = similar.coordinates if len(similar.coordinates) else None
+
+    def select() -> ClusterChoice:
+        ranks = [c.sample if c.source in RANKED_SOURCES else None for c in pool]
+        return cluster_select([[c.lat, c.lon] for c in pool], ranks=ranks, neighbours=neighbours, params=params)
+
+    choice = select()
+    if choice.candidate is None:
+        assert choice.neighbour is not None  # the rule answers a candidate or a retrieved photo
+        rank = choice.neighbour
+        lat, lon = similar.coordinates[rank]
+        pool.append(Candidate(float(lat), float(lon), "retrieval", rank, float(similar.scores[rank])))
+        choice = select()  # the same answer, now a candidate (a retrieval candidate is its neighbour's duplicate)
+    assert choice.candidate is not None
+    row = {id(c): i for i, c in enumerate(pool)}  # verify keeps the candidate objects
+    ranked = [
+        ScoredCandidate(s.candidate, s.score, {**s.components, "density": float(choice.density[row[id(s.candidate)]])},
+                        s.rank)
+        for s in verify_candidates(pool, views, aligner, similar, config)
+    ]  # fmt: skip
+    answer = next(s for s in ranked if row[id(s.candidate)] == choice.candidate)
+    return Verified(pool, _answer_first(ranked, answer))
+
+
+def rerank_shown(ranked: Sequence[ScoredCandidate], count: int) -> list[ScoredCandidate]:
+    """The candidates an LMM rerank shows: the best ``count`` distinct locations (to 4 decimals, as the prompt
+    writes them) of the ranking, best first."""
+    shown: list[ScoredCandidate] = []
+    seen: set[tuple[float, float]] = set()
+    for s in ranked:
+        key = (round(s.candidate.lat, 4), round(s.candidate.lon, 4))
+        if key not in seen:
+            seen.add(key)
+            shown.append(s)
+        if len(shown) == count:
+            break
+    return shown
+
+
+def rerank_rendered(
+    image: QueryImage, shown: Sequence[ScoredCandidate], ensemble: EnsembleConfig, seed: int | None = None
+) -> LMMRequest:
+    """The rerank request (`g3.lmm.rerank`) for the shown candidates, with their offline place names."""
+    from g3.data.geocode import nearest_places
+
+    points = np.array([[s.candidate.lat, s.candidate.lon] for s in shown])
+    found = nearest_places(points)
+    places = [
+        ", ".join(str(found[f][i]) for f in ("city", "state", "country") if found[f][i]) for i in range(len(shown))
+    ]
+    options = [RerankOption(s.candidate.lat, s.candidate.lon, place) for s, place in zip(shown, places, strict=True)]
+    return rerank_request(image.data, options, prompt_dir=ensemble.prompt_dir,
+                          structured=ensemble.structured_output, seed=seed)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """The LMM rerank's outcome: the pool and ranking after it, the LMM's response, and why it failed (None: it
+    chose)."""
+
+    candidates: list[Candidate]
+    ranked: list[ScoredCandidate]
+    response: LMMResponse
+    error: str | None = None
+
+
+def apply_rerank(
+    candidates: Sequence[Candidate],
+    ranked: Sequence[ScoredCandidate],
+    shown: Sequence[ScoredCandidate],
+    response: LMMResponse,
+) -> Reranked:
+    """Let the rerank's answer decide: the chosen location joins the candidates as source ``"lmm_rerank"``
+    (``sample``: its row among the shown) and becomes the answer (rank 0, with the chosen candidate's score and
+    components); the others follow in their order. A failed request or an answer that names no shown candidate
+    changes nothing and is reported in ``error`` (the caller turns it into a degradation, never silence)."""
+    if not response.ok:
+        return Reranked(list(candidates), list(ranked), response, f"the request failed: {response.error}")
+    try:
+        if not response.texts:
+            raise RerankError("the LMM returned no answer")
+        row = parse_choice(response.texts[0], len(shown))
+    except RerankError as exc:
+        return Reranked(list(candidates), list(ranked), response, str(exc))
+    chosen = shown[row]
+    picked = Candidate(chosen.candidate.lat, chosen.candidate.lon, RERANK_TAG, row)
+    answer = ScoredCandidate(picked, chosen.score, dict(chosen.components), 0)
+    return Reranked([*candidates, picked], _answer_first([answer, *ranked], answer), response)
 
 
 def random_pick(candidates: Sequence[Candidate], image: QueryImage, seed: int) -> list[ScoredCandidate]:

@@ -113,6 +113,8 @@ class VerifyConfig(BaseModel):
     #: ``cluster`` (`g3.verify.rules.cluster_select`, coordinates only) or ``lmm_rerank`` (one more LMM
     #: request choosing among the top candidates). A fitted ``ranker`` overrides the mode's choice.
     mode: VerifyMode = "fused"
+    #: ``lmm_rerank``: how many of the fused ranking's best distinct locations the LMM is shown.
+    rerank_candidates: int = Field(default=5, ge=1, le=20)
     #: A ranker folder written by ``g3 verify fit`` (None: no learned ranker, no confidence).
     ranker: str | None = None
 
