@@ -34,6 +34,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(aligner_app, name="aligner")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
+fetch_app = typer.Typer(help="Get published artifacts: G3's checkpoint and MP16-Pro index.", no_args_is_help=True)
+app.add_typer(fetch_app, name="fetch")
 
 CORPUS_FILE = "corpus.json"
 
@@ -409,6 +411,43 @@ def index_import(
     verified = index.manifest.build.get("verified_images", 0)
     note = f"; {verified} photos verified against their rows" if verified else ""
     typer.echo(f"wrote {out}: {len(index)} rows of width {index.dim} imported ({index.manifest.build['placed']}){note}")
+
+
+@fetch_app.command("official")
+def fetch_official_command(
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="Bundle folder to write (default: <cache>/official, what --config paper uses)."),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Folder with g3.pth, g3.index and MP16_Pro_filtered.csv downloaded by hand."),
+    ] = None,
+    clip: Annotated[
+        str, typer.Option(help="CLIP G3 was trained with (configuration, tokenizer): hub id or local folder.")
+    ] = "openai/clip-vit-large-patch14",
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow g3.pth to be a whole pickled model (only if you trust it).")
+    ] = False,
+    link: Annotated[
+        str, typer.Option(help="How g3.index enters DIR/index: auto (hard link, else copy), hardlink, copy or symlink.")
+    ] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Download G3's published checkpoint, index and metadata (pinned, resumable, size and SHA-256 recorded),
+    convert and import them, and write a bundle (g3.yaml) with the paper's settings. A second run is a no-op."""
+    from g3.fetch.official import fetch_official
+
+    if link not in ("auto", "hardlink", "copy", "symlink"):
+        raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
+    result = fetch_official(to, source=source, clip=clip, trust_pickle=trust_pickle, link=link,  # type: ignore[arg-type]
+                            progress=progress)  # fmt: skip
+    if not result.done:
+        typer.echo(f"{result.folder} is complete (fetched {result.record.get('completed_at')}); nothing to do")
+    else:
+        typer.echo(f"wrote {result.folder} ({', '.join(result.done)})")
+    typer.echo(f"use it: g3 locate --config {result.folder} photo.jpg --lmm-url http://127.0.0.1:8000/v1 "
+               "(after `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000`)")  # fmt: skip
 
 
 @index_app.command("info")

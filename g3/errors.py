@@ -40,6 +40,10 @@ class FetchError(G3Error):
     """A download of published files that failed, was refused (size or checksum), or cannot start (offline)."""
 
 
+class HubUnreachableError(FetchError):
+    """The model hub cannot be reached (offline, DNS, refused or timed-out connection)."""
+
+
 class GeocodingError(G3Error):
     """A geocoding service that failed or answered unusably; the message names the coordinate."""
 

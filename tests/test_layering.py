@@ -25,6 +25,7 @@ LAYERS = {
     "agent": 4,
     "serve": 5,
     "evaluation": 5,
+    "fetch": 5,  # g3 fetch official: downloads, then converts (models), imports (index), writes a bundle (agent)
     "cli": 6,  # the command line sits on top: it wires serve and evaluation too
 }
 ROOT = Path(g3.__file__).parent
