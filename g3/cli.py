@@ -861,13 +861,22 @@ def eval_run(
             "located photos is degraded (e.g. answered from retrieval only because the LMM failed).",
         ),
     ] = 0.02,
+    ranker: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="A ranker folder from `g3 verify fit` (fitted on another split): it chooses the answers and "
+            "gives their confidence, instead of the configuration's verify.ranker (recorded in the run's config.yaml).",
+        ),
+    ] = None,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
     ray_cpus_per_worker: RayCpus = 1.0,
     ray_gpus_per_worker: RayGpus = 0.0,
 ) -> None:
-    """Evaluate a G3 configuration on a benchmark: predictions.jsonl, metrics.json, report.md, plots.
+    """Evaluate a G3 configuration on a benchmark: predictions.jsonl, pools.jsonl, metrics.json, report.md, plots.
 
     Every prediction records whether and why it degraded; report.md counts the degraded photos by reason at
     its top. Exit status: 0 done, 2 error (e.g. the LMM failed for the first --fail-fast photos), 3 done but
@@ -880,16 +889,17 @@ def eval_run(
 
     data = load_dataset(dataset, images, csv=metadata) if dataset != "generic" else load_dataset(metadata, images)
     options = _ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
+    settings = _with_ranker(config, ranker)
     try:
         if options is not None:
             from g3.evaluation.distributed import run_evaluation_ray
 
-            result = run_evaluation_ray(config, data, out, options=options, batch_size=batch_size,
+            result = run_evaluation_ray(settings, data, out, options=options, batch_size=batch_size,
                                         concurrency=concurrency, limit=limit, progress=progress,
                                         convention=_convention(convention), fail_fast=fail_fast,
                                         max_degraded=max_degraded)  # fmt: skip
         else:
-            with G3.from_config(config) as g3:
+            with G3.from_config(settings) as g3:
                 result = run_evaluation(g3, data, out, batch_size=batch_size, concurrency=concurrency, limit=limit,
                                         progress=progress, convention=_convention(convention), fail_fast=fail_fast,
                                         max_degraded=max_degraded)  # fmt: skip
@@ -900,6 +910,17 @@ def eval_run(
         raise typer.Exit(3) from None
     typer.echo(_accuracy_line(result["metrics"]))
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def _with_ranker(config: Path, ranker: Path | None) -> Any:
+    """The `G3Config` of ``config`` with ``verify.ranker`` set to ``ranker`` (an absolute path) when given."""
+    from g3.agent.config import G3Config
+
+    settings = G3Config.load(config)
+    if ranker is None:
+        return settings
+    verify = settings.verify.model_dump() | {"ranker": str(ranker.resolve())}
+    return G3Config.model_validate(settings.model_dump() | {"verify": verify})
 
 
 def _convention(name: str) -> Any:
