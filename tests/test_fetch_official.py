@@ -170,6 +170,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # locates a photo with the paper's ensemble on the tiny LLaVA (≈ 8 s)
 def test_fetch_resumes_pins_checks_then_locates_through_the_bundle(
     published: Official, hub: FakeHub, tmp_path: Path, tiny_clip_dir: Path, tiny_assets: Path,
     monkeypatch: pytest.MonkeyPatch,
