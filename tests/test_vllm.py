@@ -265,6 +265,20 @@ def test_agent_end_to_end_through_vllm(vllm_server: VLLMServer, vllm_model: Path
     assert sources <= PROMPT_TAGS | {"retrieval"} and len(sources & PROMPT_TAGS) >= 3
 
 
+@needs_vllm
+@needs_photos
+def test_lmm_rerank_through_vllm(vllm_server: VLLMServer, vllm_model: Path, tiny_assets: Path) -> None:
+    """verify.mode lmm_rerank: vLLM answers the rerank under its {"choice": 1..K} schema, which decides."""
+    config = agent_config(tiny_assets, vllm_model, vllm_server.base_url).model_dump()
+    config = G3Config.model_validate({**config, "verify": {**config["verify"], "mode": "lmm_rerank"}})
+    with G3.from_config(config) as g3:
+        predictions = g3.locate_batch(PHOTOS[:2], concurrency=2)
+    for p in predictions:
+        assert answered_by_the_lmm(p) and not p.degraded, (p.warnings, p.degradations)
+        (text,) = p.raw_answers["lmm_rerank"]
+        assert 1 <= json.loads(text)["choice"] <= 5 and p.source == "lmm_rerank" and p.timings["rerank"] > 0
+
+
 @dataclass
 class RestartRun:
     """Two agents locating photos while the second server is stopped, then started again on its port:
