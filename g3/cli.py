@@ -450,6 +450,50 @@ def fetch_official_command(
                "(after `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000`)")  # fmt: skip
 
 
+@index_app.command("convert")
+def index_convert(
+    src: Annotated[Path, typer.Argument(help="Index folder to convert (built, imported or converted).")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="FAISS factory string (HNSW32, IVF4096,PQ64, …), or two-stage / two-stage:FACTORY: compressed codes "
+            "in memory, exact re-ranking from vectors on disk."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Index folder to write.")],
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read and added at a time (bounds memory).")] = 65_536,
+    train_size: Annotated[int | None, typer.Option(min=1, help="Training sample (default ≤100,000 rows).")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
+    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
+    candidates: Annotated[int, typer.Option(min=1, help="Two-stage: rows re-scored exactly per query.")] = 256,
+    rerank_dtype: Annotated[str, typer.Option(help="Two-stage: float16 or float32 vectors on disk.")] = "float16",
+    queries: Annotated[int, typer.Option(min=0, help="Held-out queries for the report's recall@k.")] = 500,
+    k: Annotated[int, typer.Option("-k", min=1, help="The k of the report's recall@k.")] = 20,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished conversion of --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+) -> None:
+    """Turn an index into another FAISS kind without re-encoding (streamed in chunks, resumable: run again after an
+    interruption); writes convert_report.json with recall@k against the source on held-out queries."""
+    from g3.index.convert import CONVERT_REPORT, ConvertConfig, convert_index
+
+    if rerank_dtype not in ("float16", "float32"):
+        raise typer.BadParameter(f"--rerank-dtype must be float16 or float32, not {rerank_dtype!r}")
+    params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    config = ConvertConfig(kind=kind, chunk_rows=chunk_rows, train_size=train_size, search_params=params,
+                           candidates=candidates, rerank_dtype=rerank_dtype, queries=queries, k=k)  # type: ignore[arg-type]  # fmt: skip
+    index = convert_index(src, out, config, restart=restart, progress=progress)
+    report = json.loads((out / CONVERT_REPORT).read_text(encoding="utf-8"))
+    recall = report["recall"]
+    shown = f"recall@{recall['k']} {recall['recall']:.3f} on {recall['queries']} held-out queries" if recall[
+        "recall"] is not None else "recall not measured (too few rows)"  # fmt: skip
+    rerank = " + exact re-ranking from disk" if report["two_stage"] else ""
+    typer.echo(
+        f"wrote {out}: {len(index)} rows, kind {report['faiss_kind']}{rerank}"
+        f"; {report['memory_bytes_per_row']:,.0f} bytes/row in memory, {report['disk_bytes_per_row']:,.0f} on disk; "
+        f"{shown}"
+    )
+
+
 @index_app.command("info")
 def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
     """Print an index's manifest (rows, width, kind, aligner fingerprint, build counts)."""

@@ -7,6 +7,7 @@ coordinates to the LMM. On disk an index is a folder::
     manifest.json      format, rows, dim, FAISS kind, aligner fingerprint, checksums, build info
     index.faiss        the FAISS index (memory-mapped on load where FAISS allows)
     metadata.parquet   row-aligned IMG_ID, LAT, LON and location text columns
+    vectors.npy        two-stage kinds only (`g3 index convert`): the full vectors that re-score candidates
 """
 
 from __future__ import annotations
@@ -176,7 +177,14 @@ class GeoIndex:
         except (OSError, pa.ArrowException) as exc:
             raise GeoIndexError(f"{folder / METADATA_FILE} cannot be read ({exc}); rebuild the index") from exc
         params = {**manifest.search_params, **(search_params or {})}
-        return cls(FaissBackend(index, use_gpu=use_gpu, search_params=params), table, manifest)
+        if manifest.rerank is None:
+            return cls(FaissBackend(index, use_gpu=use_gpu, search_params=params), table, manifest)
+        from g3.index.two_stage import TwoStageBackend, open_vectors
+
+        candidates = params.pop("candidates", manifest.rerank.candidates)
+        vectors = open_vectors(folder / manifest.rerank.file, rows=manifest.rows, dim=manifest.dim)
+        first = FaissBackend(index, use_gpu=use_gpu, search_params=params)
+        return cls(TwoStageBackend(first, vectors, candidates=candidates), table, manifest)
 
     def save(self, path: str | os.PathLike[str], *, extra_json: dict[str, Any] | None = None) -> Path:
         """Write the index folder atomically (an existing folder at ``path`` is replaced).
