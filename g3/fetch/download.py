@@ -81,7 +81,9 @@ def remote_file(file: HubFile, *, revision: str, hub: str, timeout: float = META
     sha256 = etag.lower() if len(etag) == 64 and all(c in "0123456789abcdefABCDEF" for c in etag) else None
     location = meta.location or url
     if meta.commit_hash and location == url:  # served by the hub itself: ask for the pinned commit, not the branch
-        location = hf_hub_url(file.repo_id, file.path, repo_type=file.repo_type, revision=meta.commit_hash, endpoint=hub)
+        location = hf_hub_url(
+            file.repo_id, file.path, repo_type=file.repo_type, revision=meta.commit_hash, endpoint=hub
+        )
     return RemoteFile(url=location, commit=meta.commit_hash, size=meta.size, sha256=sha256)
 
 
@@ -96,14 +98,20 @@ def part_path(target: Path) -> Path:
     return target.with_name(target.name + PART_SUFFIX)
 
 
-def download(file: HubFile, remote: RemoteFile, target: Path, *, hub: str, expected_sha256: str | None) -> None:
+def download(file: HubFile, remote: RemoteFile, target: Path, *, hub: str, expected_sha256: str | None) -> str:
     """Download ``remote`` to ``target``, resuming ``target.part`` if an earlier run left one; check the size
     and the SHA-256 (``expected_sha256``, else the hub's) before moving it into place. `FetchError` when the
     download stops (the partial file is kept: running again resumes) or the file is not the published one (the
-    partial file is deleted: resuming it would only repeat the mismatch)."""
+    partial file is deleted: resuming it would only repeat the mismatch). Returns the file's SHA-256."""
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
+    expected = expected_sha256 or remote.sha256
+    if expected is None:
+        log.warning("no SHA-256 to check %s against (the hub's ETag is not one): only its size is checked", file.name)
+    if target.is_file() and target.stat().st_size == remote.size and expected and sha256_file(target) == expected:
+        log.info("%s is already there and checks out", target)
+        return expected
     part = part_path(target)
     have = part.stat().st_size if part.is_file() else 0
     if remote.size is not None and have > remote.size:
@@ -134,7 +142,6 @@ def download(file: HubFile, remote: RemoteFile, target: Path, *, hub: str, expec
     if remote.size is not None and size != remote.size:
         raise FetchError(f"{part} has {size:,} bytes, the hub announced {remote.size:,}; run again to resume")
     digest = sha256_file(part)
-    expected = expected_sha256 or remote.sha256
     if expected is not None and digest != expected:
         part.unlink()
         raise FetchError(
@@ -144,6 +151,7 @@ def download(file: HubFile, remote: RemoteFile, target: Path, *, hub: str, expec
             "HF_ENDPOINT and run again"
         )
     os.replace(part, target)
+    return digest
 
 
 def sha256_file(path: Path) -> str:

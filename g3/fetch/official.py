@@ -76,7 +76,7 @@ def fetch_official(
     folder.mkdir(parents=True, exist_ok=True)
     record = read_record(folder)
     result = FetchResult(folder, record)
-    if _complete(folder, record, files):
+    if _complete(folder, record):
         log.info("%s is complete (fetched %s); nothing to do", folder, record.get("completed_at"))
         return result
     record["complete"] = False
@@ -126,7 +126,7 @@ def _download_all(folder: Path, record: dict[str, Any], files: tuple[HubFile, ..
     for file in files:
         target = downloads / file.name
         paths[file.key] = target
-        if _recorded(record, file, target):
+        if _recorded(record, file, target, folder):
             continue
         revision = record["files"].get(file.key, {}).get("revision") or file.revision  # the commit resolved first
         try:
@@ -141,8 +141,10 @@ def _download_all(folder: Path, record: dict[str, Any], files: tuple[HubFile, ..
     for file, remote in todo:
         target = paths[file.key]
         log.info("downloading %s (%s) from %s", file.name, file.approx_size, remote.url)
-        download(file, remote, target, hub=hub, expected_sha256=file.sha256)
-        record["files"][file.key] = _file_record(file, target, source="hub", revision=remote.commit, url=remote.url)
+        digest = download(file, remote, target, hub=hub, expected_sha256=file.sha256)
+        record["files"][file.key] = _file_record(
+            file, target, source="hub", revision=remote.commit, url=remote.url, sha256=digest
+        ) | {"local_path": str(target.relative_to(folder))}
         write_record(folder, record)
     return paths
 
@@ -173,7 +175,7 @@ def _take_local(source: Path, folder: Path, record: dict[str, Any], files: tuple
         path = found[file.key]
         assert path is not None
         paths[file.key] = path
-        if _recorded(record, file, path):
+        if _recorded(record, file, path, folder):
             continue
         size = path.stat().st_size
         if file.size is not None and size != file.size:
@@ -190,30 +192,34 @@ def _take_local(source: Path, folder: Path, record: dict[str, Any], files: tuple
     return paths
 
 
-def _file_record(file: HubFile, path: Path, *, source: str, revision: str | None, url: str | None) -> dict[str, Any]:
+def _file_record(
+    file: HubFile, path: Path, *, source: str, revision: str | None, url: str | None, sha256: str | None = None
+) -> dict[str, Any]:
     stat = path.stat()
     return {
         "repo_id": file.repo_id, "repo_type": file.repo_type, "path_in_repo": file.path,
         "revision": revision, "url": url, "source": source, "local_path": str(path.absolute()),
-        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path), "fetched_at": _now(),
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256 or sha256_file(path), "fetched_at": _now(),
     }  # fmt: skip
 
 
-def _recorded(record: dict[str, Any], file: HubFile, path: Path) -> bool:
-    """Whether ``path`` is the file recorded as checked (same path, size and modification time)."""
+def _recorded(record: dict[str, Any], file: HubFile, path: Path, folder: Path) -> bool:
+    """Whether ``path`` is the file recorded as checked (same path, size and modification time; a download's
+    path is recorded relative to the bundle folder, which may have been moved)."""
     entry = record["files"].get(file.key, {})
-    if "sha256" not in entry or entry.get("local_path") != str(path.absolute()) or not path.is_file():
+    if "sha256" not in entry or not path.is_file():
+        return False
+    stored = Path(entry["local_path"])
+    if (stored if stored.is_absolute() else folder / stored).absolute() != path.absolute():
         return False
     stat = path.stat()
     return bool(stat.st_size == entry["size"] and stat.st_mtime_ns == entry["mtime_ns"])
 
 
-def _complete(folder: Path, record: dict[str, Any], files: tuple[HubFile, ...]) -> bool:
-    if not record.get("complete"):
-        return False
-    parts = (folder / ALIGNER, folder / INDEX, folder / BUNDLE_CONFIG)
-    return all(p.exists() for p in parts) and all(
-        _recorded(record, f, Path(record["files"][f.key]["local_path"])) for f in files if f.key in record["files"]
+def _complete(folder: Path, record: dict[str, Any]) -> bool:
+    """A finished bundle: nothing to do (even when the downloads were deleted afterwards to save space)."""
+    return bool(record.get("complete")) and all(
+        p.exists() for p in (folder / ALIGNER, folder / INDEX, folder / BUNDLE_CONFIG)
     )
 
 
