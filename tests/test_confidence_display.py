@@ -12,6 +12,7 @@ tests/test_verify_ranker.py): these tests are about showing a confidence, not co
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -288,3 +289,53 @@ def test_reliability_bins_ece_and_risk_coverage_by_hand() -> None:
     except ImportError:  # the ranker's module (issue 15) not there yet
         return
     assert expected_calibration_error(np.array(probs), np.array(hits)) == pytest.approx(result["ece"])
+
+
+# --- the web page ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_confidence_and_a_withheld_answer(confident_server: str, tmp_path: Path) -> None:
+    """Headless Chromium on the page (as tests/test_web.py): the confidence beside the answer; with a minimum
+    confidence chosen, the answer withheld loudly, without coordinates, in the single view and the batch table."""
+    from test_web import CHROMIUM, PHOTOS, open_page, shot
+
+    if CHROMIUM is None or not PHOTOS.is_dir():
+        pytest.skip("needs Chromium and the shared IM2GPS3k photos (see tests/test_web.py)")
+    from playwright.sync_api import sync_playwright
+
+    photos = [str(p) for p in sorted(PHOTOS.iterdir())[200:202]]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page, _, problems = open_page(browser, confident_server, accept_downloads=True)
+        page.set_input_files("#file-input", photos[0])
+        page.wait_for_selector("#single[data-state=done]")
+        assert "P(≤25 km) 41 %, P(≤200 km) 63 %, P(≤750 km) 90 %" in page.locator("#answer .confidence").inner_text()
+        assert page.locator("#answer .coords").count() == 1
+
+        page.select_option("#min-radius", "200")
+        page.fill("#min-probability", "80")
+        page.set_input_files("#file-input", photos[0])
+        page.wait_for_selector("#answer .withheld")
+        box = page.locator("#answer .withheld")
+        assert box.get_attribute("role") == "alert" and "Answer withheld" in box.inner_text()
+        assert "P(within 200 km) = 63 %, below the 80 % asked for" in box.inner_text()
+        assert (
+            page.locator("#answer .coords").count() == 0 and "Answer withheld" in page.locator("#status").inner_text()
+        )
+        shot(page, "web-withheld.png")
+
+        page.set_input_files("#file-input", photos)
+        page.wait_for_selector("#batch[data-state=done]")
+        rows = page.locator("#batch-table tbody tr[data-withheld=true]")
+        assert rows.count() == 2 and "2 withheld" in page.locator("#batch-progress").inner_text()
+        cells = rows.nth(0).locator("td").all_inner_texts()
+        assert "withheld" in cells[2].lower() and cells[3] == cells[4] == "" and "63 %" in cells[8]
+        with page.expect_download() as download:
+            page.click("#download-csv")
+        table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+        assert [(r["latitude"], r["p200"]) for r in table] == [("", "0.63")] * 2
+        assert all(r["withheld"].startswith("WITHHELD") for r in table)
+        # the tiny index's images are not served (no --image-root): their thumbnails' 404s are expected
+        assert not [p for p in problems if "404" not in p], problems
+        browser.close()

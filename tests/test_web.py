@@ -400,7 +400,7 @@ def assert_batch_table_fits(page: Any) -> None:
     )
     assert sizes["scroll"] <= sizes["client"] and sizes["page"] <= sizes["width"], sizes
     heads = page.locator("#batch-table thead th")
-    for i, name in ((6, "Score"), (7, "Source"), (8, "Details")):
+    for i, name in ((6, "Score"), (7, "Source"), (8, "Confidence"), (9, "Details")):
         assert heads.nth(i).text_content().strip() == name
         box = heads.nth(i).bounding_box()
         assert box is not None and box["width"] > 0 and box["x"] + box["width"] <= sizes["width"], (name, box)

@@ -69,6 +69,23 @@
 
   const isDegraded = (p) => !!(p && (p.degraded || (p.degradations && p.degradations.length)));
   const degradations = (p) => (p && p.degradations) || [];
+  // A withheld answer (the user's minimum confidence was not met) has no coordinates, only why.
+  const isWithheld = (p) => !!(p && p.withheld && p.withheld.length);
+  const RADII = ["25", "200", "750"];
+  const percent = (x) => (Number.isFinite(x) ? Math.round(100 * x) + " %" : "");
+  /** "P(≤25 km) 41 %, P(≤200 km) 63 %, …" of a prediction's calibrated confidence; "" without one. */
+  const confidenceText = (p) =>
+    p && p.confidence
+      ? RADII.filter((r) => Number.isFinite(p.confidence[r])).map((r) => "P(≤" + r + " km) " + percent(p.confidence[r])).join(", ")
+      : "";
+
+  /** The minimum confidence the user asked for ({"200": 0.8}), or null to always answer. */
+  function minConfidence() {
+    const radius = $("min-radius").value;
+    const value = Number($("min-probability").value);
+    if (!radius || !Number.isFinite(value)) return null;
+    return { [radius]: Math.min(Math.max(value, 0), 100) / 100 };
+  }
 
   function setStatus(text) {
     $("status").textContent = text;
@@ -233,6 +250,7 @@
       model: state.model,
       stream: true,
       response_format: { type: "json_object" },
+      ...(minConfidence() ? { min_confidence: minConfidence() } : {}),
       messages: [
         {
           role: "user",
@@ -334,6 +352,8 @@
         return "Scored the candidates";
       case "describe":
         return data.address ? "Named the place: " + place({ address: data.address }) : "Named the place";
+      case "choices":
+        return data.note ? "Answered: " + data.note : "Finished choices";
       default:
         return "Finished " + step;
     }
@@ -362,7 +382,7 @@
           .map((n) => ({ lat: n.lat, lon: n.lon, kind: "similar", label: n.place }))
           .concat(p.dissimilar.map((n) => ({ lat: n.lat, lon: n.lon, kind: "dissimilar", label: n.place }))),
         candidates: p.candidates.map((c) => ({ lat: c.lat, lon: c.lon, source: c.source, score: c.score, rank: c.rank })),
-        predictions: [{ lat: p.lat, lon: p.lon, label: "Answer", index: 0 }],
+        predictions: isWithheld(p) ? [] : [{ lat: p.lat, lon: p.lon, label: "Answer", index: 0 }],
       };
     }
     const data = { neighbours: [], candidates: [], predictions: [] };
@@ -383,7 +403,7 @@
     const sources = [];
     const data = mapData(job);
     for (const c of data.candidates) if (!sources.includes(c.source)) sources.push(c.source);
-    const items = [h("li", {}, swatch(null, "ring"), "Answer")];
+    const items = isWithheld(job.prediction) ? [] : [h("li", {}, swatch(null, "ring"), "Answer")];
     for (const s of sources) items.push(h("li", { "data-source": s }, swatch(G3Map.colourOf(s), "circle"), "Candidate: " + s));
     if (data.neighbours.some((n) => n.kind === "similar")) items.push(h("li", {}, swatch("similar", "square"), "Similar image"));
     if (data.neighbours.some((n) => n.kind === "dissimilar")) items.push(h("li", {}, swatch("dissimilar", "square"), "Dissimilar image"));
@@ -398,6 +418,21 @@
       box.replaceChildren(h("p", { class: "pending", text: job.error ? "No answer." : "Working…" }));
       return;
     }
+    const confidence = confidenceText(p);
+    if (isWithheld(p)) {
+      box.replaceChildren(
+        h(
+          "div",
+          { class: "withheld", role: "alert", "data-withheld": "true" },
+          h("h3", { text: "Answer withheld" }),
+          h("p", { text: "You asked for a minimum confidence, and this answer does not reach it, so no location is given:" }),
+          h("ul", {}, ...p.withheld.map((w) => h("li", { "data-radius": w.radius_km, text: w.message }))),
+          confidence ? h("p", { class: "confidence", text: "Calibrated confidence of the withheld answer: " + confidence + "." }) : null,
+          h("p", { class: "hint", text: "The candidates and the evidence below are shown as evidence, not as an answer." }),
+        ),
+      );
+      return;
+    }
     const where = place(p);
     const dl = h(
       "dl",
@@ -410,6 +445,11 @@
       h("dd", { class: "score", text: num(p.score, 4) + " (fused verification score of the best candidate)" }),
       h("dt", { text: "Source" }),
       h("dd", { text: p.source }),
+      h("dt", { text: "Confidence" }),
+      h("dd", {
+        class: "confidence",
+        text: confidence ? confidence + " (calibrated probability that the answer lies within that distance)" : "not available (the server has no fitted ranker)",
+      }),
     );
     box.replaceChildren(h("p", { class: "answer-lead", text: "Most likely taken at " + hemi(p.lat, p.lon) + (where ? " — " + where : "") }), dl);
   }
@@ -646,8 +686,10 @@
   function batchRow(job) {
     const p = job.prediction;
     const degraded = isDegraded(p);
+    const withheld = isWithheld(p);
     let status = job.status === "error" ? job.error : job.status;
     if (degraded) status = degradations(p).map((d) => d.reason).join(", ") || "done";
+    const answered = p && !withheld ? p : null;
     const details = h("button", { type: "button", class: "small ghost", "data-job": job.id, disabled: !p && !job.steps.length }, "Details");
     details.append(h("span", { class: "visually-hidden", text: " for " + job.name }));
     details.addEventListener("click", () => {
@@ -661,8 +703,9 @@
         "data-index": job.index,
         "data-status": job.status,
         "data-degraded": degraded ? "true" : null,
+        "data-withheld": withheld ? "true" : null,
         "data-sig": rowSignature(job),
-        class: job.status === "error" ? "failed" : degraded ? "degraded" : null,
+        class: job.status === "error" ? "failed" : degraded ? "degraded" : withheld ? "withheld" : null,
       },
       h("td", { text: String(job.index + 1) }),
       h(
@@ -675,13 +718,16 @@
         { class: "status-cell", title: degraded ? degradations(p).map((d) => d.message).join("\n") : job.errorDetails },
         degraded ? h("span", { class: "badge", text: "degraded" }) : null,
         degraded ? " " : null,
+        withheld ? h("span", { class: "badge badge-withheld", title: p.withheld_message || "", text: "withheld" }) : null,
+        withheld ? " " : null,
         status,
       ),
-      h("td", { text: p ? num(p.lat, 5) : "" }),
-      h("td", { text: p ? num(p.lon, 5) : "" }),
-      h("td", { class: "place-cell", text: p ? place(p) : "" }),
-      h("td", { text: p ? num(p.score, 4) : "" }),
-      h("td", { text: p ? p.source : "" }),
+      h("td", { text: answered ? num(answered.lat, 5) : "" }),
+      h("td", { text: answered ? num(answered.lon, 5) : "" }),
+      h("td", { class: "place-cell", text: answered ? place(answered) : "" }),
+      h("td", { text: answered ? num(answered.score, 4) : "" }),
+      h("td", { text: answered ? answered.source : "" }),
+      h("td", { class: "confidence-cell", text: confidenceText(p) }),
       h("td", {}, details),
     );
   }
@@ -699,13 +745,15 @@
     const done = jobs.filter((j) => j.status === "done").length;
     const failed = jobs.filter((j) => j.status === "error").length;
     const degraded = jobs.filter((j) => isDegraded(j.prediction)).length;
+    const withheld = jobs.filter((j) => isWithheld(j.prediction)).length;
     $("batch-progress").textContent =
-      done + " of " + jobs.length + " located" + (degraded ? " (" + degraded + " degraded)" : "") + (failed ? ", " + failed + " failed" : "");
+      done + " of " + jobs.length + " located" + (degraded ? " (" + degraded + " degraded)" : "") +
+      (withheld ? ", " + withheld + " withheld" : "") + (failed ? ", " + failed + " failed" : "");
     $("batch").dataset.state = done + failed === jobs.length ? "done" : "running";
     if (state.batchMap) {
       // Photos answered at the same point share one label ("1, 2, 4").
       const groups = new Map();
-      for (const j of jobs.filter((j) => j.prediction)) {
+      for (const j of jobs.filter((j) => j.prediction && !isWithheld(j.prediction))) {
         const at = j.prediction.lat.toFixed(2) + "," + j.prediction.lon.toFixed(2);
         if (!groups.has(at)) groups.set(at, []);
         groups.get(at).push(j);
@@ -734,12 +782,15 @@
   }
 
   function batchCsv() {
-    const header = ["index", "file", "status", "latitude", "longitude", "place", "score", "source", "degraded", "error"];
+    const header = ["index", "file", "status", "latitude", "longitude", "place", "score", "source", "p25", "p200", "p750", "withheld", "degraded", "error"];
     const lines = [header.join(",")];
     for (const j of state.jobs) {
       const p = j.prediction;
+      const a = p && !isWithheld(p) ? p : null; // a withheld answer has no coordinates
       const why = isDegraded(p) ? degradations(p).map((d) => d.reason).join(" ") || "yes" : "";
-      const row = [j.index + 1, j.name, j.status, p ? p.lat : "", p ? p.lon : "", p ? place(p) : "", p ? p.score : "", p ? p.source : "", why, j.error || ""];
+      const conf = RADII.map((r) => (p && p.confidence && Number.isFinite(p.confidence[r]) ? p.confidence[r] : ""));
+      const withheld = isWithheld(p) ? p.withheld_message || "withheld" : "";
+      const row = [j.index + 1, j.name, j.status, a ? a.lat : "", a ? a.lon : "", a ? place(a) : "", a ? a.score : "", a ? a.source : "", ...conf, withheld, why, j.error || ""];
       lines.push(row.map(csvField).join(","));
     }
     return lines.join("\r\n") + "\r\n";
@@ -752,6 +803,7 @@
         file: j.name,
         status: j.status,
         degraded: isDegraded(j.prediction),
+        withheld: isWithheld(j.prediction),
         error: j.error || null,
         error_details: j.errorDetails || null,
         prediction: j.prediction,
@@ -843,8 +895,10 @@
       if (run.signal.aborted) return;
       const failed = jobs.filter((j) => j.status === "error").length;
       const degraded = jobs.filter((j) => isDegraded(j.prediction)).length;
+      const withheld = jobs.filter((j) => isWithheld(j.prediction)).length;
       setStatus(
-        "Batch finished: " + (jobs.length - failed) + " located" + (degraded ? " (" + degraded + " degraded)" : "") + (failed ? ", " + failed + " failed" : "") + ".",
+        "Batch finished: " + (jobs.length - failed) + " located" + (degraded ? " (" + degraded + " degraded)" : "") +
+          (withheld ? ", " + withheld + " answers withheld" : "") + (failed ? ", " + failed + " failed" : "") + ".",
       );
       if (failed) showError(failed + " of " + jobs.length + " photos could not be located; see the Status column.");
     } else {
@@ -852,6 +906,7 @@
       await runJob(job, run);
       if (run.signal.aborted) return;
       if (job.status !== "done") setStatus("Failed to locate " + job.name + ".");
+      else if (isWithheld(job.prediction)) setStatus("Answer withheld for " + job.name + ": below the minimum confidence you asked for.");
       else setStatus("Located " + job.name + (isDegraded(job.prediction) ? ", with a degraded answer (see the warning)." : "."));
     }
   }
