@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from g3.agent.config import G3Config
 from g3.cli import app
-from g3.errors import FetchError, HubUnreachableError
+from g3.errors import CheckpointError, FetchError, HubUnreachableError
 from g3.fetch.official import fetch_official, read_record
 from g3.fetch.registry import OFFICIAL_FILES
 
@@ -280,6 +280,9 @@ def test_from_a_folder_of_files_downloaded_by_hand(published: Official, tmp_path
     assert OFFICIAL_FILES[2].approx_size in message and OFFICIAL_FILES[2].path in message  # its size, where it is
 
     (by_hand / "metadata" / "MP16_Pro_filtered.csv").symlink_to(published.csv)  # its path in the repository
+    no_clip = fetch(tmp_path / "c", tmp_path / "no-clip", "--from", str(by_hand))
+    assert isinstance(no_clip.exception, CheckpointError) and "no-clip" in str(no_clip.exception)
+    assert read_record(tmp_path / "c")["files"] == {}  # refused before any file was hashed or converted
     done = fetch(tmp_path / "b", tiny_clip_dir, "--from", str(by_hand), "--link", "copy")
     assert done.exit_code == 0, done.output
     record = read_record(tmp_path / "b")

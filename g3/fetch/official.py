@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,8 +82,12 @@ def fetch_official(
         return result
     record["complete"] = False
     checked = {k: v.get("sha256") for k, v in record["files"].items()}
+    # CLIP's configuration and tokenizer (a few MB) are checked before gigabytes are downloaded or hashed
+    preflight = None if (folder / ALIGNER).is_dir() and record.get("aligner") else (lambda: _check_clip(clip))
     paths = (
-        _take_local(Path(source), folder, record, files) if source is not None else _download_all(folder, record, files)
+        _take_local(Path(source), folder, record, files, preflight)
+        if source is not None
+        else _download_all(folder, record, files, preflight)
     )
     if checked != {k: v.get("sha256") for k, v in record["files"].items()}:
         result.done.append("files")
@@ -113,7 +118,9 @@ def fetch_official(
 # -- the files ------------------------------------------------------------------------------------------
 
 
-def _download_all(folder: Path, record: dict[str, Any], files: tuple[HubFile, ...]) -> dict[str, Path]:
+def _download_all(
+    folder: Path, record: dict[str, Any], files: tuple[HubFile, ...], preflight: Callable[[], None] | None
+) -> dict[str, Path]:
     """Every file from the hub: all are looked up first (so an unreachable hub or a moved file fails in seconds,
     before gigabytes are spent), then downloaded one by one, each recorded as soon as it is checked."""
     hub = endpoint()
@@ -138,6 +145,8 @@ def _download_all(folder: Path, record: dict[str, Any], files: tuple[HubFile, ..
             record["files"][file.key] = {"revision": remote.commit}
             write_record(folder, record)
         todo.append((file, remote))
+    if preflight is not None:
+        preflight()
     for file, remote in todo:
         target = paths[file.key]
         log.info("downloading %s (%s) from %s", file.name, file.approx_size, remote.url)
@@ -163,13 +172,21 @@ def _check_published(file: HubFile, remote: RemoteFile) -> None:
         )
 
 
-def _take_local(source: Path, folder: Path, record: dict[str, Any], files: tuple[HubFile, ...]) -> dict[str, Path]:
+def _take_local(
+    source: Path,
+    folder: Path,
+    record: dict[str, Any],
+    files: tuple[HubFile, ...],
+    preflight: Callable[[], None] | None,
+) -> dict[str, Path]:
     """The files downloaded by hand, in ``source`` (by name, or by their path in the repository), checked
     against the registry's size and SHA-256 where it has them; used in place (the index is hard-linked)."""
     found = {f.key: next((p for p in (source / f.name, source / f.path) if p.is_file()), None) for f in files}
     missing = [f for f in files if found[f.key] is None]
     if missing:
         raise FetchError(missing_files_message(folder, missing, f"{source} lacks {', '.join(f.name for f in missing)}"))
+    if preflight is not None:
+        preflight()
     paths = {}
     for file in files:
         path = found[file.key]
@@ -239,6 +256,13 @@ def missing_files_message(folder: Path, files: tuple[HubFile, ...] | list[HubFil
 
 
 # -- the steps after the files ---------------------------------------------------------------------------
+
+
+def _check_clip(clip: str) -> None:
+    """`CheckpointError` now, not after the downloads, when CLIP's configuration cannot be read."""
+    from g3.models.clip import load_clip_config
+
+    load_clip_config(clip)
 
 
 def _convert(checkpoint: Path, out: Path, *, clip: str, trust_pickle: bool) -> None:
