@@ -2,7 +2,10 @@
 
 * `g3.verify.scoring`: the fixed rules (G3's embedding cosine, consensus, retrieval score) and `verify`;
 * `g3.verify.pools`: candidate pools as JSON lines (`Pool`, `read_pools`, `pool_line`), the format that
-  evaluation runs write and `g3 verify fit` learns from.
+  evaluation runs write and `g3 verify fit` learns from;
+* `g3.verify.features` (candidate features of a pool), `g3.verify.baselines` (the fixed rules over pools),
+  `g3.verify.ranker` (the learned LightGBM ranker, its cross-validation and artefact) and
+  `g3.verify.calibration` (its calibrated confidence).
 """
 
 from typing import TYPE_CHECKING
@@ -10,6 +13,9 @@ from typing import TYPE_CHECKING
 from g3.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from g3.verify.baselines import RULES
+    from g3.verify.calibration import expected_calibration_error
+    from g3.verify.features import FEATURES, pool_features
     from g3.verify.pools import (
         Pool,
         PoolCandidate,
@@ -19,6 +25,7 @@ if TYPE_CHECKING:
         read_pools,
         write_pools,
     )
+    from g3.verify.ranker import CVResult, Ranker, cross_validate, fit_ranker
     from g3.verify.scoring import (
         COMPONENTS,
         DEFAULT_VERIFY_CONFIG,
@@ -34,6 +41,10 @@ if TYPE_CHECKING:
 
 #: public name → its module, imported on first use
 _EXPORTS = {
+    "g3.verify.baselines": ("RULES",),
+    "g3.verify.calibration": ("expected_calibration_error",),
+    "g3.verify.features": ("FEATURES", "pool_features"),
+    "g3.verify.ranker": ("CVResult", "Ranker", "cross_validate", "fit_ranker"),
     "g3.verify.pools": (
         "Pool",
         "PoolCandidate",
@@ -61,16 +72,24 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = [
     "COMPONENTS",
     "DEFAULT_VERIFY_CONFIG",
+    "FEATURES",
+    "RULES",
+    "CVResult",
     "Candidate",
     "Kernel",
     "Pool",
     "PoolCandidate",
+    "Ranker",
     "ScoredCandidate",
     "VerifyConfig",
     "consensus_scores",
     "consensus_select",
+    "cross_validate",
     "embedding_scores",
+    "expected_calibration_error",
+    "fit_ranker",
     "parse_pool",
+    "pool_features",
     "pool_from_candidates",
     "pool_line",
     "read_pools",
