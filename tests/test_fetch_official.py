@@ -22,11 +22,13 @@ from test_index_import import Official
 from test_official_checkpoint import REPLICA
 from typer.testing import CliRunner
 
+from g3.agent import G3
 from g3.agent.config import G3Config
 from g3.cli import app
 from g3.errors import CheckpointError, FetchError, HubUnreachableError
 from g3.fetch.official import fetch_official, read_record
 from g3.fetch.registry import OFFICIAL_FILES
+from g3.index.manifest import read_manifest
 
 faiss = pytest.importorskip("faiss")
 pytest.importorskip("pyproj")
@@ -211,6 +213,10 @@ def test_fetch_resumes_pins_checks_then_locates_through_the_bundle(
     config = G3Config.load(bundle)  # the bundle's own parts, the paper's settings
     assert (config.aligner, config.index) == (str(bundle / "aligner"), str(bundle / "index"))
     assert config.ensemble == G3Config.load("paper").ensemble and config.verify == G3Config.load("paper").verify
+
+    with G3.from_pretrained(bundle) as g3:  # the paper's LMM (an OpenAI-compatible server) is named, not called
+        assert g3.runtime.index is not None and len(g3.runtime.index) == len(published.rows)
+        assert g3.runtime.aligner.fingerprint() == read_manifest(bundle / "index").aligner_fingerprint
 
     monkeypatch.setenv("G3_CACHE_DIR", str(tiny_assets.parent))  # where tiny://llava was built
     located = CliRunner().invoke(
