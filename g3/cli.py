@@ -36,6 +36,9 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
 fetch_app = typer.Typer(help="Get published artifacts: G3's checkpoint and MP16-Pro index.", no_args_is_help=True)
 app.add_typer(fetch_app, name="fetch")
+verify_app = typer.Typer(help="Geo-verification: learn the ranker that chooses answers, from pools.jsonl.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(verify_app, name="verify")
 
 CORPUS_FILE = "corpus.json"
 
@@ -1086,6 +1089,42 @@ def prompts_show(
         shown = spec.model_copy(update={"k_similar": min(spec.k_similar, k), "k_dissimilar": min(spec.k_dissimilar, k)})
         typer.echo(f"--- {spec.name} (template {spec.template}, n={spec.samples}) ---")
         typer.echo(render_prompt(shown, example, config.prompt_dir))
+
+
+@verify_app.command("fit")
+def verify_fit(
+    pools: Annotated[
+        Path, typer.Argument(help="Labelled candidate pools, one JSON object a line (g3 eval run writes pools.jsonl).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Ranker folder to write (verify.ranker, g3 eval run --ranker).")],
+    cv: Annotated[int, typer.Option("--cv", min=0, help="Folds of the cross-validation by query (0: none).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and of LightGBM.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"queries", "folds", "accuracy": {METHOD: {"1": f, ...}}} only.')
+    ] = False,
+) -> None:
+    """Learn the verification ranker (LightGBM) from labelled pools: cross-validation first (the ranker and every
+    built-in rule on the same folds, share of queries within 1 / 25 / 200 / 750 / 2500 km), then the ranker fitted
+    on all pools with its calibrated confidence, written to --out."""
+    from g3.verify.pools import read_pools
+    from g3.verify.ranker import cross_validate, cv_table, fit_ranker
+
+    labelled = list(read_pools(pools))
+    summary: dict[str, Any] = {"queries": len(labelled), "folds": cv, "accuracy": {}}
+    ranker_info: dict[str, Any] = {}
+    if cv:
+        result = cross_validate(labelled, folds=cv, seed=seed)
+        summary = result.to_json()
+        ranker_info = {"cross_validation": {**summary, "ece": result.ece()}}
+        if not as_json:
+            typer.echo(cv_table(result))
+    ranker = fit_ranker(labelled, seed=seed)
+    ranker.info.update(ranker_info)
+    ranker.save(out)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    done = f"wrote {out}: ranker fitted on {len(labelled)} queries ({ranker.info['training']['candidates']} candidates)"
+    typer.echo(done, err=as_json)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from g3.agent import official, tiny
 from g3.agent.config import BUNDLE_CONFIG, G3Config, LMMConfig
@@ -23,6 +23,9 @@ from g3.lmm.batching import BatchingBackend
 from g3.lmm.prompts import load_template
 from g3.models import GeoAligner
 from g3.verify import Pool
+
+if TYPE_CHECKING:
+    from g3.verify.ranker import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,18 @@ class G3:
         gallery: GPSGallery | None = None,
         backend: LMMBackend | None = None,
         geocoder: NominatimGeocoder | None = None,
+        ranker: Ranker | None = None,
     ) -> None:
+        if config.verify.ranker and config.pipeline.verification and ranker is None:
+            from g3.agent.config import ConfigError
+
+            raise ConfigError(
+                f"verify.ranker names {config.verify.ranker} but no ranker was given: pass ranker=Ranker.load(path) "
+                "or build G3 with G3.from_config"
+            )
         self.config = config
-        self.runtime = G3Runtime(
-            config=config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder
-        )
+        self.runtime = G3Runtime(config=config, aligner=aligner, index=index, gallery=gallery, backend=backend,
+                                 geocoder=geocoder, ranker=ranker)  # fmt: skip
         self.graph = build_graph(config)
 
     @classmethod
@@ -95,6 +105,11 @@ class G3:
         config = G3Config.load(source)
         cache = Path(config.cache_dir) if config.cache_dir else None
         official.check_assets(config)  # says which command gets the paper's assets before anything loads
+        ranker = None
+        if config.verify.ranker and config.pipeline.verification:  # a refused ranker fails before the models load
+            from g3.verify.ranker import Ranker as _Ranker
+
+            ranker = _Ranker.load(config.verify.ranker)
         aligner = GeoAligner.from_pretrained(tiny.resolve(official.resolve(config.aligner, cache), cache))
         import torch
 
@@ -126,7 +141,8 @@ class G3:
                 cache_path=(cache or tiny.default_cache_dir()) / "nominatim-cache.json",
                 domain=config.pipeline.nominatim_domain,
             )
-        return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder)
+        return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder,
+                   ranker=ranker)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> G3:
@@ -314,6 +330,7 @@ class G3:
             mode=self.config.pipeline.mode,
             note=self.config.note,
             degradations=degradations,
+            confidence=state.get("confidence"),
         )
 
     def _raw_answers(self, responses: Sequence[LMMResponse]) -> dict[str, list[str]]:

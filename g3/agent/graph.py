@@ -16,7 +16,7 @@ import operator
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -32,6 +32,9 @@ from g3.lmm.batching import generate_with_timeout
 from g3.lmm.parse import ParseStats
 from g3.models import GeoAligner
 from g3.verify import Candidate, ScoredCandidate
+
+if TYPE_CHECKING:
+    from g3.verify.ranker import Ranker
 
 
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
@@ -49,6 +52,7 @@ class LocateState(TypedDict, total=False):
     parse: ParseStats
     ranked: list[ScoredCandidate]
     rerank: steps.Reranked  # verify.mode lmm_rerank: the LMM's choice (or why it failed)
+    confidence: dict[str, float] | None  # verify.ranker: the answer's calibrated P(within r km)
     address: dict[str, str] | None
     warnings: Annotated[list[str], operator.add]
     timings: Annotated[dict[str, float], _merge]
@@ -70,6 +74,7 @@ class G3Runtime:
     gallery: GPSGallery | None = None
     backend: LMMBackend | None = None
     geocoder: NominatimGeocoder | None = None
+    ranker: Ranker | None = None  # verify.ranker, loaded
 
 
 Node = Callable[[Any, Runtime[G3Runtime]], Awaitable[dict[str, Any]]]
@@ -167,6 +172,15 @@ async def rerank(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, A
     return {"candidates": outcome.candidates, "ranked": outcome.ranked, "rerank": outcome, "warnings": warnings}
 
 
+async def rank(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
+    """``verify.ranker``: the fitted ranker re-chooses among the candidates and states its confidence."""
+    from g3.agent.ranking import rank_state
+
+    ctx = runtime.context
+    assert ctx.ranker is not None  # guaranteed by G3: a configuration naming a ranker loads it
+    return await asyncio.to_thread(rank_state, state, ctx.aligner, ctx.ranker)
+
+
 async def pick_random(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
     return {"ranked": steps.random_pick(state["candidates"], state["image"], runtime.context.config.pipeline.seed)}
 
@@ -213,6 +227,10 @@ def build_graph(config: G3Config) -> Any:
         add("rerank", rerank)
         graph.add_edge(chooser, "rerank")
         chooser = "rerank"
+    if config.pipeline.verification and config.verify.ranker:
+        add("rank", rank)
+        graph.add_edge(chooser, "rank")
+        chooser = "rank"
     if config.pipeline.describe != "none":
         add("describe", describe)
         graph.add_edge(chooser, "describe")
