@@ -85,6 +85,7 @@ def test_sources_fall_into_their_categories() -> None:
     assert one_hot.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
     every = [FEATURES.index(f"source_{c}") for c in ("retrieval", "gallery", "zero_shot", "rag", "lmm_rerank", "other")]
     assert (x[:, every].sum(axis=1) == 1).all()
+    np.testing.assert_array_equal(column(x, "rag_k"), [np.nan, np.nan, 5, 10, np.nan, np.nan])
 
 
 def test_lmm_rerank_agreement_and_embeddings() -> None:

@@ -61,7 +61,10 @@ class GeoPrediction(BaseModel):
     """The location of one photo. ``lat``/``lon`` in degrees; ``score`` is the chosen candidate's fused
     verification score, a relative score: each component is min-max normalised within this photo's candidate
     set, so the winner has 1.0 (with the paper's weights) and a lone candidate 0. It ranks the candidates of
-    one photo; it is not a confidence, a probability, nor comparable across photos.
+    one photo; it is not a confidence, a probability, nor comparable across photos. With a fitted ranker
+    (``verify.ranker``) the ranker orders the candidates and ``score`` is its score (the mean over 1 / 25 / 200 /
+    750 / 2500 km of its raw probability of lying within that distance; the fixed rule's value stays in the
+    candidates' ``components``), and ``confidence`` holds the answer's calibrated probabilities.
 
     ``candidates`` are ranked best first (the answer is rank 0). ``warnings`` say when a step degraded
     (an LMM that failed or timed out, no parseable answer, …); ``degradations`` (and ``degraded``) say
@@ -74,7 +77,8 @@ class GeoPrediction(BaseModel):
     lon: float
     score: float = Field(
         description="relative score: the answer's fused verification score, min-max normalised within the photo's "
-        "candidate set (1.0 for the winner with the paper's weights, 0 for a lone candidate); not a confidence"
+        "candidate set (1.0 for the winner with the paper's weights, 0 for a lone candidate); with verify.ranker "
+        "the ranker's score; not a confidence"
     )
     source: str
     address: dict[str, str] | None = None

@@ -15,7 +15,8 @@ Families:
   whether the candidate coincides (≤ 1 km) with one, and its distance to the top neighbour;
 * **own retrieval**: the candidate's rank, similarity and similarity gap to the best (retrieved candidates);
   its sample index (generated candidates);
-* **source**: one-hot over `SOURCE_CATEGORIES` (any ``rag_*`` prompt is ``rag``);
+* **source**: one-hot over `SOURCE_CATEGORIES` (any ``rag_*`` prompt is ``rag``) and, for a ``rag_K`` prompt,
+  its K (how many neighbours it was shown), so each RAG prompt is told apart;
 * **agreement**: how many other samples and prompts answered within 25 km; whether the candidate agrees
   (≤ 25 km) with an ``lmm_rerank`` candidate (missing when the pool has none);
 * **pool**: sizes (candidates, generated answers, prompts, neighbours), whether embeddings exist, and the
@@ -57,6 +58,7 @@ FEATURES: tuple[str, ...] = (
     "retrieval_score_gap",
     "sample",
     *(f"source_{name}" for name in SOURCE_CATEGORIES),
+    "rag_k",
     "samples_agree",
     "prompts_agree",
     "prompts_agree_share",
@@ -79,6 +81,12 @@ def source_category(source: str) -> str:
     if source.startswith("rag"):
         return "rag"
     return "other"
+
+
+def rag_k(source: str) -> float:
+    """K of a ``rag_K`` prompt (``rag_10`` → 10.0), else NaN."""
+    head, _, tail = source.partition("_")
+    return float(tail) if head == "rag" and tail.isdigit() else float("nan")
 
 
 def _share(near: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -153,6 +161,7 @@ def pool_features(pool: Pool) -> np.ndarray:
 
     for name in SOURCE_CATEGORIES:
         out[f"source_{name}"] = np.array([c == name for c in categories], dtype=np.float64)
+    out["rag_k"] = np.array([rag_k(s) for s in sources], dtype=np.float64)
 
     # agreement of samples and prompts (within AGREE_KM, the candidate itself left out)
     agree = (between <= AGREE_KM) & generated_mask
