@@ -5,7 +5,6 @@ tiny LLaVA; and ``g3 eval run --ranker``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,10 +209,13 @@ def test_rerank_with_the_real_transformers_backend(tiny_assets: Path, tmp_path: 
 
 
 @needs_photos
-def test_eval_run_ranker_option_is_recorded(tiny_assets: Path, tmp_path: Path) -> None:
+def test_eval_run_with_a_ranker_fitted_on_another_run(tiny_assets: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from g3.cli import app
+    from g3.evaluation.runner import PREDICTIONS, read_predictions
+    from g3.verify import read_pools
+    from g3.verify.ranker import fit_ranker
 
     metadata = tmp_path / "photos.csv"
     metadata.write_text("IMG_ID,LAT,LON\n" + "".join(f"{p.name},48.85,2.35\n" for p in PHOTOS))
@@ -221,21 +223,25 @@ def test_eval_run_ranker_option_is_recorded(tiny_assets: Path, tmp_path: Path) -
     config.write_text(yaml.safe_dump({"extends": "tiny", "cache_dir": str(tiny_assets.parent),
                                       "pipeline": {"mode": "retrieval", "describe": "none"}}))  # fmt: skip
     ranker = tmp_path / "ranker"
-    ranker.mkdir()
     args = ["eval", "run", "--dataset", "generic", "--metadata", str(metadata), "--images", str(PHOTOS[0].parent),
             "--config", str(config), "--no-progress"]  # fmt: skip
     missing = CliRunner(env={"COLUMNS": "300"}).invoke(
         app, [*args, "--out", str(tmp_path / "a"), "--ranker", str(tmp_path / "nope")]
     )
     assert missing.exit_code == 2 and "does not exist" in missing.output
-    if importlib.util.find_spec("g3.verify.ranker") is not None:  # a real ranker, fitted on a first run's pools
-        from g3.verify import read_pools
-        from g3.verify.ranker import fit_ranker
-
-        first = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "first")])
-        assert first.exit_code == 0, first.output
-        fit_ranker(list(read_pools(tmp_path / "first" / "pools.jsonl")) * 4).save(ranker)
+    # a real ranker, fitted on a first run's pools (as one fits on a validation split)
+    first = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    pools = list(read_pools(tmp_path / "first" / "pools.jsonl"))
+    copies = [p.model_copy(update={"id": f"{p.id}#{i}"}) for i in range(4) for p in pools]  # 8 queries to fold
+    fit_ranker(copies).save(ranker)
     run = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--ranker", str(ranker)])
     assert run.exit_code == 0, run.output
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert recorded["verify"]["ranker"] == str(ranker.resolve())
+    assert yaml.safe_load((tmp_path / "first" / "config.yaml").read_text())["verify"].get("ranker") is None
+    # the ranker chose: every answer carries its calibrated confidence (none without it)
+    for name, expected in (("run", True), ("first", False)):
+        records = read_predictions(tmp_path / name / PREDICTIONS)
+        assert len(records) == len(PHOTOS) and all((r["confidence"] is not None) == expected for r in records)
+    assert all(set(r["confidence"]) == {"25", "200", "750"} for r in read_predictions(tmp_path / "run" / PREDICTIONS))
