@@ -88,11 +88,15 @@ def synthetic_pools(count: int, *, seed: int, skill: float = 0.5, embeddings: bo
     return pools
 
 
+def training_pools() -> list[Pool]:
+    return synthetic_pools(100, seed=3) + synthetic_pools(20, seed=4, embeddings=False)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ranker fitted on synthetic pools, saved."""
+    """A ranker fitted on synthetic pools (a sixth of them without embeddings), saved."""
     folder = tmp_path_factory.mktemp("ranker") / "ranker"
-    fit_ranker(synthetic_pools(120, seed=3), seed=0, rounds=ROUNDS).save(folder)
+    fit_ranker(training_pools(), seed=0, rounds=ROUNDS).save(folder)
     return folder
 
 
@@ -159,7 +163,7 @@ def test_the_artefact_round_trips_without_pickle(fitted: Path) -> None:
     assert set(manifest["calibration"]) == {"25", "200", "750"}
     assert all(isinstance(v, float) for v in manifest["calibration"]["200"]["x"] + manifest["calibration"]["200"]["y"])
     loaded = Ranker.load(fitted)
-    again = fit_ranker(synthetic_pools(120, seed=3), seed=0, rounds=ROUNDS)  # deterministic: the same model
+    again = fit_ranker(training_pools(), seed=0, rounds=ROUNDS)  # deterministic: the same model
     for pool in synthetic_pools(5, seed=8) + synthetic_pools(3, seed=9, embeddings=False):
         np.testing.assert_array_equal(loaded.score(pool), again.score(pool))
         choice = loaded.choose(pool)
@@ -169,6 +173,10 @@ def test_the_artefact_round_trips_without_pickle(fitted: Path) -> None:
         assert 0 <= confidence["25"] <= 1
     with pytest.raises(RankerError, match="no index 99"):
         loaded.confidence(pool, 99)
+    # a pool without embeddings is scored too: the cosine is missing, not zero, and the scores change
+    (full,) = synthetic_pools(1, seed=8)
+    bare = full.model_copy(update={"query_gps": None, "candidate_embeddings": None})
+    assert np.isfinite(loaded.score(bare)).all() and not np.allclose(loaded.score(bare), loaded.score(full))
 
 
 @pytest.mark.parametrize(
