@@ -24,6 +24,7 @@ from g3.lmm.prompts import PromptError
 from g3.lmm.rerank import RerankError, parse_choice, rerank_schema
 from g3.models import GeoAligner
 from g3.verify import Candidate, VerifyConfig
+from g3.verify.features import FEATURES, pool_features
 from g3.verify.rules import cluster_select
 
 PHOTOS = sorted((SHARED_DATA / "im2gps3k" / "images_cc_subset500").glob("*.jpg"))[:2]
@@ -152,6 +153,10 @@ def test_rerank_choice_decides_and_joins_the_pool(parts: tuple[GeoAligner, GeoIn
     (picked,) = [c for c in pool.candidates if c.source == "lmm_rerank"]
     assert (picked.lat, picked.lon, picked.sample) == (*shown[1], 1)
     assert pool.candidate_embeddings is not None and len(pool.candidate_embeddings) == len(pool.candidates)
+    # the choice is a feature of the learned ranker: candidates at the chosen place agree with it
+    agrees = pool_features(pool)[:, FEATURES.index("agrees_lmm_rerank")]
+    at_choice = [c.lat == picked.lat and c.lon == picked.lon for c in pool.candidates]
+    assert all(agrees[at_choice] == 1) and np.isfinite(agrees).all()
 
 
 @pytest.mark.parametrize(
