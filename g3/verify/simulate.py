@@ -320,10 +320,19 @@ class PoolSimulator:
         if k == 0:
             return np.empty((0, 2)), np.empty(0)
         near = rng.random(k) < near_p
-        kind = rng.choice(4, size=k, p=[0.12, 0.23, 0.4, 0.25])  # spot, street, city, region
-        mean_km = np.array([0.1, 2.0, 15.0, 120.0])[kind]
-        dist = rng.exponential(mean_km)
-        points = destination(np.broadcast_to(truth, (k, 2)), dist, rng.uniform(0, 360, k))
+        kind = rng.choice(4, size=k, p=[0.05, 0.25, 0.45, 0.25])  # spot, street, city, region
+        # near photos gather around places, not around the photo's exact spot: a street ~2 km away and the
+        # centre of the photo's city (so the near neighbours' centroid is not the truth)
+        _, cities = _cities()
+        city = cities.latlon[cities.nearest(truth)]
+        if haversine_km(city[0], city[1], truth[0], truth[1]) > 50.0:
+            city = destination(truth, rng.exponential(15.0), rng.uniform(0, 360))
+        street = destination(truth, rng.exponential(2.0), rng.uniform(0, 360))
+        hubs = np.stack([truth, street, city, truth])[kind]
+        spread_km = np.array([0.1, 1.0, 8.0, 120.0])[kind]
+        points = destination(hubs, rng.exponential(spread_km), rng.uniform(0, 360, k))
+        in_city = kind == 2
+        points[in_city] = self._hot_spots(rng, city, 6.0, int(in_city.sum()))
         region = kind == 3
         points[region] = self.database.latlon[self.database.nearest(points[region], exclude=row)]
         if (
@@ -337,9 +346,7 @@ class PoolSimulator:
         far = ~near
         around = far & (rng.random(k) < s.decoy)
         count = int(around.sum())
-        points[around] = destination(
-            np.broadcast_to(decoy, (count, 2)), rng.exponential(30.0, count), rng.uniform(0, 360, count)
-        )
+        points[around] = self._hot_spots(rng, decoy, 20.0, count)
         elsewhere = far & ~around
         points[elsewhere] = self._far_places(rng, truth, int(elsewhere.sum()), row)
         error = haversine_km(points[:, 0], points[:, 1], truth[0], truth[1])
@@ -353,6 +360,16 @@ class PoolSimulator:
         )
         order = np.argsort(-score, kind="stable")
         return points[order], np.clip(score[order], -1.0, 1.0)
+
+    @staticmethod
+    def _hot_spots(rng: np.random.Generator, centre: np.ndarray, spread_km: float, count: int) -> np.ndarray:
+        """``count`` photo locations around a place: photos gather at a few popular spots (3, each about
+        ``spread_km`` from the centre), a few hundred metres apart, as real photo collections do."""
+        if count == 0:
+            return np.empty((0, 2))
+        spots = destination(np.broadcast_to(centre, (3, 2)), rng.exponential(spread_km, 3), rng.uniform(0, 360, 3))
+        which = rng.choice(3, size=count, p=[0.5, 0.3, 0.2])
+        return destination(spots[which], rng.exponential(0.3, count), rng.uniform(0, 360, count))
 
     def _far_places(self, rng: np.random.Generator, truth: np.ndarray, count: int, row: int) -> np.ndarray:
         """``count`` real photo locations away from the truth: half in its wider region (about 1,500 km), half
