@@ -140,10 +140,15 @@ def test_cross_validation_compares_the_ranker_with_every_rule_on_the_same_querie
 
 
 def test_isotonic_calibration_and_ece() -> None:
-    iso = fit_isotonic([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0, 1, 0, 0, 1, 1])
+    iso = fit_isotonic([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0, 1, 0, 0, 1, 1], prior=0.0)
     # pool adjacent violators: (1, 0, 0) pools to 1/3; the result is non-decreasing and exact on the blocks
     np.testing.assert_allclose(iso([0.1, 0.2, 0.4, 0.5, 0.6]), [0, 1 / 3, 1 / 3, 1, 1])
     assert (np.diff(iso(np.linspace(0, 1, 50))) >= 0).all()
+    # the default shrinks each block by half a hit and half a miss: 0/1 → 1/4, 1/3 → 3/8, 2/2 → 5/6
+    shrunk = fit_isotonic([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0, 1, 0, 0, 1, 1])
+    np.testing.assert_allclose(shrunk([0.1, 0.2, 0.4, 0.5, 0.6]), [1 / 4, 3 / 8, 3 / 8, 5 / 6, 5 / 6])
+    never = fit_isotonic(np.linspace(0, 1, 40), np.zeros(40))
+    assert 0 < never(0.5) < 0.05
     assert expected_calibration_error([0.2, 0.2, 0.8, 0.8], [0, 1, 1, 1]) == pytest.approx(0.5 * 0.3 + 0.5 * 0.2)
     assert expected_calibration_error([1.0, 0.0], [1, 0]) == 0.0
     with pytest.raises(RankerError):

@@ -3,8 +3,10 @@
 The ranker's raw probability that its chosen answer lies within r km is biased (the chosen candidate is
 the one that scored highest, so its raw score is optimistic). `fit_isotonic` learns, from out-of-fold
 choices, the non-decreasing step function that maps a raw score to the observed hit rate (pool adjacent
-violators: the exact least-squares isotonic fit, no iterative optimiser); `Isotonic` applies it by linear
-interpolation between its thresholds. `expected_calibration_error` measures the result.
+violators: the exact least-squares isotonic fit, no iterative optimiser), each step's rate shrunk by half a
+hit and half a miss so that no stated probability is exactly 0 or 1 (a few dozen misses do not prove
+impossibility); `Isotonic` applies it by linear interpolation between its thresholds.
+`expected_calibration_error` measures the result.
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ class Isotonic:
             raise RankerError(f"calibration: expected {{'x': [numbers], 'y': [numbers]}}, got {data!r:.80}") from exc
 
 
-def fit_isotonic(raw: object, hits: object) -> Isotonic:
+def fit_isotonic(raw: object, hits: object, *, prior: float = 0.5) -> Isotonic:
     """The least-squares non-decreasing fit of ``hits`` (0/1) on ``raw`` scores (pool adjacent violators).
 
-    Equal raw scores form one block. Raises `RankerError` when there is nothing to fit.
+    Equal raw scores form one block. Each block of ``w`` outcomes with ``h`` hits states
+    ``(h + prior) / (w + 2·prior)`` (then a running maximum keeps the map non-decreasing): never exactly 0
+    or 1. Raises `RankerError` when there is nothing to fit.
     """
     x = np.asarray(raw, dtype=np.float64).ravel()
     h = np.asarray(hits, dtype=np.float64).ravel()
@@ -78,11 +82,12 @@ def fit_isotonic(raw: object, hits: object) -> Isotonic:
         values.append(value)
         weights.append(w)
         ends.append(i)
+    shrunk = np.maximum.accumulate([(v * w + prior) / (w + 2 * prior) for v, w in zip(values, weights, strict=True)])
     # each block becomes its first and last threshold at its value (a step, interpolated between blocks)
     out_x: list[float] = []
     out_y: list[float] = []
     start = 0
-    for value, end in zip(values, ends, strict=True):
+    for value, end in zip(shrunk, ends, strict=True):
         for edge in sorted({start, end}):
             out_x.append(float(xs[edge]))
             out_y.append(float(np.clip(value, 0.0, 1.0)))
