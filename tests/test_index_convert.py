@@ -209,3 +209,12 @@ def test_refusals(flat: Path, tmp_path: Path):
     (two / "vectors.npy").write_bytes(data[:-100])
     with pytest.raises(GeoIndexError, match=r"vectors\.npy has \d+ bytes, the manifest says"):
         GeoIndex.load(two)
+
+
+def test_pca_first_stage_keeps_only_its_projection(flat: Path, tmp_path: Path):
+    out = tmp_path / "pca"
+    convert_index(flat, out, ConvertConfig(kind="two-stage:PCAR48,IVF16,PQ24x4fs", queries=100, k=10), progress=False)
+    index = faiss.read_index(str(out / "index.faiss"))
+    pca = faiss.downcast_VectorTransform(index.chain.at(0))
+    assert pca.PCAMat.size() == 0 and pca.A.size() == 48 * 3 * THIRD  # the d×d training matrix is not kept
+    assert json.loads((out / CONVERT_REPORT).read_text())["recall"]["recall"] >= 0.9

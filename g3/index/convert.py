@@ -44,7 +44,7 @@ from g3.index.manifest import (
     file_entry,
     read_manifest,
 )
-from g3.index.sources import VectorSource, npy_layout, open_vector_source
+from g3.index.sources import NpySource, VectorSource, npy_layout, open_vector_source
 from g3.index.two_stage import DEFAULT_CANDIDATES, TwoStageBackend, open_vectors
 from g3.io import atomic_folder, atomic_open, atomic_write_json
 
@@ -76,7 +76,7 @@ class ConvertConfig(BaseModel):
 def default_first_stage(rows: int, dim: int) -> str:
     """The compressed first stage of the two-stage kind for ``rows`` vectors of width ``dim``:
     a PCA rotation to at most 256 dimensions, an inverted file of about 4·√rows lists and 4-bit
-    fast-scan PQ codes of one byte per 2 dimensions (chosen on realistic keys by bench/index.py)."""
+    fast-scan PQ codes, one per 2 dimensions (64 bytes a row for 256 dimensions; bench/index.py measures it)."""
     reduced = min(256, dim - dim % 4)
     nlist = 1 << max(4, int(np.log2(max(16, 4 * np.sqrt(rows)))))
     while nlist > 16 and nlist * 39 > rows:  # FAISS wants ~39 training rows a list
@@ -238,8 +238,21 @@ def _trained(work: Path, kind: str, source: VectorSource, train_rows: np.ndarray
         started = time.perf_counter()
         index.train(source.take(train_rows))
         log.info("trained %s on %d rows in %.1f s", kind, len(train_rows), time.perf_counter() - started)
+        _drop_pca_matrix(index)
     _write_index(index, path)
     return index
+
+
+def _drop_pca_matrix(index: Any) -> None:
+    """Free the full d×d eigenvector matrix a trained PCA keeps (21 MB at width 2304, written with the index
+    and held in memory): applying the PCA needs only its projection, which stays."""
+    faiss = import_faiss()
+    if not isinstance(index, faiss.IndexPreTransform):
+        return
+    for i in range(index.chain.size()):
+        transform = faiss.downcast_VectorTransform(index.chain.at(i))
+        if isinstance(transform, faiss.PCAMatrix):
+            transform.PCAMat.clear()
 
 
 def _write_index(index: Any, path: Path) -> None:
@@ -343,6 +356,18 @@ class _Fill:
         atomic_write_json(self.work / "progress.json", {"rows": rows})  # written last: marks the state whole
 
 
+class _PreadRows:
+    """Rows of a vectors file read with ``pread`` (what `TwoStageBackend` needs of an array): the recall check
+    reads a few thousand rows, which a memory map would leave counted in this process's resident memory."""
+
+    def __init__(self, source: NpySource) -> None:
+        self.source = source
+        self.shape = (source.rows, source.dim)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.source.take(rows)
+
+
 def _recall(folder: Path, job: _Fill, spec: RerankSpec | None, config: ConvertConfig) -> dict[str, Any]:
     """Recall@k of the written index against the exact top-k kept by ``job``."""
     if not len(job.queries):
@@ -350,8 +375,8 @@ def _recall(folder: Path, job: _Fill, spec: RerankSpec | None, config: ConvertCo
     first = FaissBackend(job.index, use_gpu=False, search_params=config.search_params)
     backend: FaissBackend | TwoStageBackend = first
     if spec is not None:
-        vectors = open_vectors(folder / spec.file, rows=job.source.rows, dim=job.source.dim)
-        backend = TwoStageBackend(first, vectors, candidates=spec.candidates)
+        open_vectors(folder / spec.file, rows=job.source.rows, dim=job.source.dim)  # checks the file as a load does
+        backend = TwoStageBackend(first, _PreadRows(NpySource(folder / spec.file)), candidates=spec.candidates)
     started = time.perf_counter()
     _, found = backend.search(job.queries, config.k + 1)
     seconds = time.perf_counter() - started
