@@ -128,6 +128,48 @@ def test_min_confidence_is_refused_before_loading_without_a_ranker(tmp_path: Pat
     assert result.exit_code == 2 and "choose one of 25, 200, 750" in result.output
 
 
+@pytest.mark.slow
+def test_locate_with_a_fitted_ranker_states_and_enforces_its_confidence(tiny_assets: Path, tmp_path: Path) -> None:
+    """The real thing: a LightGBM ranker fitted on synthetic pools (tests/test_verify_ranker.py), named by the
+    configuration; g3 locate shows its confidence and withholds below --min-confidence, as --json and CSV."""
+    import yaml
+    from test_verify_ranker import ROUNDS, synthetic_pools
+
+    from g3.verify.ranker import fit_ranker
+
+    fit_ranker(synthetic_pools(60, seed=3), seed=0, rounds=ROUNDS).save(tmp_path / "ranker")
+    config = tmp_path / "g3.yaml"
+    config.write_text(yaml.safe_dump({"extends": "tiny", "cache_dir": str(tiny_assets.parent), "verify": {
+        "ranker": "ranker"}, "pipeline": {"mode": "retrieval", "describe": "none"}}))  # fmt: skip
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(jpeg_bytes(seed=3))
+    answered = CliRunner().invoke(app, ["locate", str(photo), "-c", str(config), "--json"])
+    assert answered.exit_code == 0, answered.output
+    entry = json.loads(answered.stdout)
+    confidence = entry["confidence"]
+    assert list(confidence) == ["25", "200", "750"] and all(0.0 <= p <= 1.0 for p in confidence.values())
+    # ask for a little more than the answer has at its least sure radius: withheld; for exactly that: answered
+    radius = min(confidence, key=confidence.get)
+    p = confidence[radius]
+    assert p < 0.99, confidence
+    out = tmp_path / "results.csv"
+    for need, withheld in ((p + 0.01, True), (p - 1e-6, False)):
+        run = CliRunner().invoke(app, ["locate", str(photo), "-c", str(config), "--min-confidence", f"{radius}={need}",
+                                       "--out", str(out), "--json"])  # fmt: skip
+        assert run.exit_code == 0, run.output
+        (row,) = csv.DictReader(out.open())
+        entry = json.loads(run.stdout)
+        assert float(row[f"p{radius}"]) == pytest.approx(p, abs=1e-4) and entry["confidence"] == confidence
+        if withheld:
+            assert entry["withheld"][0]["probability"] == p and "lat" not in entry
+            assert f"WITHHELD: no answer given: P(within {radius} km) = {100 * p:.0f} %" in run.stderr
+            assert row["lat"] == "" and row["withheld"].startswith("WITHHELD")
+            out.unlink()  # locate it again below
+        else:
+            assert "withheld" not in entry and entry["lat"] == pytest.approx(float(row["lat"]), abs=1e-5)
+            assert "WITHHELD" not in run.output and row["withheld"] == ""
+
+
 # --- the server ----------------------------------------------------------------------------------------
 
 
