@@ -309,8 +309,8 @@ def _fit(stacked: _Stacked, ids: Sequence[str], seed: int, calibration_folds: in
             assert sub.distance_km is not None
             hits[test] = sub.distance_km[sub.starts[:-1] + chosen][:, None] <= np.array(RADII_KM)[None, :]
         calibrated_on = f"out-of-fold choices ({k} folds by query)"
-    else:  # a single query: nothing is out of fold; its own choice calibrates (stated in ranker.json)
-        calibrated_on = "in-sample choices (a single query)"
+    else:  # one distinct query (or calibration_folds < 2): nothing is out of fold (stated in ranker.json)
+        calibrated_on = "in-sample choices (fewer than 2 distinct queries or calibration folds)"
     boosters = _train(stacked, None, seed, rounds)
     if k < 2:
         chosen, raw = _chosen_raw(boosters, stacked)
