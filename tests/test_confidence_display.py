@@ -303,7 +303,7 @@ def test_the_report_shows_calibration_and_risk_coverage(tmp_path: Path) -> None:
         json.loads((tmp_path / "metrics.json").read_text())["confidence"]["radii"]["200"]["reliability"]["ece"] < 0.05
     )
     report = (tmp_path / "report.md").read_text()
-    assert "## Calibrated confidence" in report and "### Risk–coverage" in report and "keep 20 %" in report
+    assert "## Calibrated confidence" in report and "### Risk–coverage" in report and "| `25=0." in report
     assert "![Reliability diagram" in report and "![Risk–coverage" in report
     assert (tmp_path / "reliability.png").stat().st_size > 10_000 and (tmp_path / "risk_coverage.png").is_file()
     # the ECE really measures calibration: overconfident probabilities are caught
@@ -324,8 +324,8 @@ def test_reliability_bins_ece_and_risk_coverage_by_hand() -> None:
     assert result["ece"] == pytest.approx((0.05 + 0.7 + 0.8) / 7)
     curve = risk_coverage(probs, hits)
     assert curve["accuracy"][:4] == [1.0, 1.0, 1.0, 0.75] and curve["coverage"][-1] == 1.0
-    keep_half = next(r for r in curve["table"] if r["threshold"] == 0.95)
-    assert keep_half["kept"] == 4  # ties at the threshold are kept together
+    assert [(r["min_probability"], r["kept"]) for r in curve["table"]] == [(0.05, 7), (0.15, 6), (0.95, 4)]
+    assert curve["table"][1]["accuracy"] == pytest.approx(4 / 6)  # ties at the minimum are kept together
     try:
         from g3.verify.calibration import expected_calibration_error
     except ImportError:  # the ranker's module (issue 15) not there yet

@@ -451,8 +451,8 @@ def reliability_diagram(
     reliability_by_radius: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "Reliability"
 ) -> Path:
     """Stated probability against observed accuracy, one line per radius (``{"25": reliability, ...}`` as
-    `g3.evaluation.selective.reliability` gives), the diagonal being perfect calibration; each radius' ECE
-    in its legend and the predictions per bin in a lower panel."""
+    `g3.evaluation.selective.reliability` gives), the diagonal being perfect calibration; dots sized by their
+    bin's predictions, each radius' ECE in its legend and the predictions per bin in a lower panel."""
     if not reliability_by_radius:
         raise ValueError("reliability_diagram needs at least one radius")
     fig = Figure(figsize=(7.0, 7.0))
@@ -462,8 +462,10 @@ def reliability_diagram(
     for number, (radius, data) in enumerate(reliability_by_radius.items()):
         bins = [b for b in data["bins"] if b["n"]]
         label = f"within {radius} km (ECE {float(data['ece']):.3f}, n={data['n']})"
-        top.plot([b["probability"] for b in bins], [b["accuracy"] for b in bins], marker="o", linewidth=1.6,
-                 label=label)  # fmt: skip
+        line = top.plot([b["probability"] for b in bins], [b["accuracy"] for b in bins], linewidth=1.2, alpha=0.6)
+        most = max(b["n"] for b in bins)  # a bin's dot grows with its predictions: sparse bins are noisy
+        top.scatter([b["probability"] for b in bins], [b["accuracy"] for b in bins], s=[12 + 140 * b["n"] / most
+                    for b in bins], color=line[0].get_color(), label=label, zorder=3)  # fmt: skip
         shift = (number - (len(reliability_by_radius) - 1) / 2) * width / (len(reliability_by_radius) + 1)
         bottom.bar([(b["low"] + b["high"]) / 2 + shift for b in data["bins"]], [b["n"] for b in data["bins"]],
                    width=width / (len(reliability_by_radius) + 1), label=f"{radius} km")  # fmt: skip

@@ -294,23 +294,23 @@ def _confidence_section(confidence: Mapping[str, Any]) -> list[str]:
         for radius, data in radii.items()
     ]  # fmt: skip
     lines += _table(["answer within", "photos", "mean stated (%)", "observed (%)", "ECE"], rows)
-    tables = {radius: data["risk_coverage"]["table"] for radius, data in radii.items()}
-    if tables:
-        coverages = [row["coverage"] for row in next(iter(tables.values()))]
+    rows = [
+        [f"{op} {radius} km", f"`{radius}={float(level['min_probability']):.3f}`", fmt_count(level["kept"]),
+         fmt_percent(level["coverage"]), fmt_percent(level["accuracy"])]
+        for radius, data in radii.items()
+        for level in data["risk_coverage"]["table"]
+    ]  # fmt: skip
+    if rows:
         lines += [
             "",
             "### Risk–coverage",
             "",
-            "Accuracy (%) of the answers kept when only the most confident are given (`--min-confidence`), and the "
-            "probability p that keeps them; a share is rounded up to keep ties together.",
+            "Only the most confident answers given (`g3 locate --min-confidence R=P`, the server's `min_confidence`): "
+            "the share of answers kept and their accuracy. Answers with equal probabilities are kept or withheld "
+            "together, so the shares are those the stated probabilities allow.",
             "",
         ]
-        header = ["answer within", *[f"keep {100 * c:.0f} %" for c in coverages]]
-        rows = [
-            [f"{op} {radius} km", *[f"{fmt_percent(r['accuracy'])} (p ≥ {r['threshold']:.2f})" for r in table]]
-            for radius, table in tables.items()
-        ]
-        lines += _table(header, rows)
+        lines += _table(["answer within", "--min-confidence", "kept", "kept (%)", "accuracy of the kept (%)"], rows)
     return lines
 
 

@@ -61,8 +61,10 @@ def risk_coverage(probs: object, hits: object) -> dict[str, Any]:
     """The accuracy of the answers kept when keeping the most confident share c of them, for every c.
 
     Returns ``{"coverage": [k/N for k = 1..N], "accuracy": [...], "threshold": [the k-th probability],
-    "table": [{"coverage", "accuracy", "threshold", "kept"}] at `COVERAGES`}``. Ties in probability are kept
-    together in the table (a threshold cannot split them).
+    "table": [{"min_probability", "kept", "coverage", "accuracy"}]}``. The table has one row per share of
+    `COVERAGES` that a minimum probability can give: ``min_probability`` (3 decimals, rounded down) keeps
+    exactly ``kept`` answers (every answer at or above it: ties are kept together); shares that the same
+    minimum gives appear once.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     h = np.asarray(hits, dtype=np.float64).reshape(-1)
@@ -72,13 +74,15 @@ def risk_coverage(probs: object, hits: object) -> dict[str, Any]:
     sorted_p, sorted_h = p[order], h[order]
     kept = np.arange(1, p.size + 1)
     accuracy = np.cumsum(sorted_h) / kept
-    table = []
+    table: list[dict[str, Any]] = []
     for share in COVERAGES:
         k = max(1, int(np.ceil(share * p.size)))
-        threshold = sorted_p[k - 1]
-        k = int(np.searchsorted(-sorted_p, -threshold, side="right"))  # keep every tie of the threshold
-        table.append({"coverage": k / p.size, "accuracy": float(accuracy[k - 1]), "threshold": float(threshold),
-                      "kept": k})  # fmt: skip
+        minimum = float(np.floor(1000 * sorted_p[k - 1]) / 1000)  # as a user would type it
+        k = int(np.count_nonzero(p >= minimum))
+        if table and table[-1]["kept"] == k:
+            continue
+        table.append({"min_probability": minimum, "kept": k, "coverage": k / p.size,
+                      "accuracy": float(accuracy[k - 1])})  # fmt: skip
     return {"coverage": (kept / p.size).tolist(), "accuracy": accuracy.tolist(), "threshold": sorted_p.tolist(),
             "table": table}  # fmt: skip
 
