@@ -169,6 +169,16 @@ def test_locate_with_a_fitted_ranker_states_and_enforces_its_confidence(tiny_ass
             assert "withheld" not in entry and entry["lat"] == pytest.approx(float(row["lat"]), abs=1e-5)
             assert "WITHHELD" not in run.output and row["withheld"] == ""
 
+    # the server with the same configuration: the rank step's chunk and the answer state the confidence
+    with G3.from_config(config) as g3, serving(g3) as (url, _):
+        streamed = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "g3", "stream": True, "messages": photo_message(data_url(photo.read_bytes()))}).text  # fmt: skip
+        events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        (rank,) = [e["g3"]["data"] for e in events if e.get("g3", {}).get("step") == "rank"]
+        assert rank["confidence"] == confidence and rank["ranked"]
+        content = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+        assert f"calibrated confidence P(≤25 km) {100 * confidence['25']:.0f} %" in content
+
 
 # --- the server ----------------------------------------------------------------------------------------
 

@@ -204,9 +204,11 @@ def step_data(node: str, update: dict[str, Any]) -> dict[str, Any]:
             data["parse"] = update["parse"].to_dict()
         if update.get("warnings"):
             data["warnings"] = list(update["warnings"])
-    elif node in ("verify", "pick_random"):
+    elif node in ("verify", "pick_random", "rank"):
         data |= {"ranked": [[s.candidate.lat, s.candidate.lon, s.candidate.source, s.score, s.components]
                             for s in update.get("ranked", [])[:50]]}  # fmt: skip
+        if update.get("confidence") is not None:  # the fitted ranker's (node "rank")
+            data["confidence"] = update["confidence"]
     elif node == "describe":
         data |= {"address": update.get("address")}
     return data

@@ -345,9 +345,12 @@
         return "Collected " + n(data.candidates) + " candidate locations";
       case "verify":
       case "pick_random":
+      case "rank":
         if (data.ranked && data.ranked.length) {
           const best = data.ranked[0];
-          return "Scored " + n(data.ranked) + " candidates; best " + best[0].toFixed(4) + ", " + best[1].toFixed(4) + " (" + best[2] + ")";
+          const how = step === "rank" ? "Ranked " + n(data.ranked) + " candidates with the fitted ranker" : "Scored " + n(data.ranked) + " candidates";
+          const sure = confidenceText(data) ? "; " + confidenceText(data) : "";
+          return how + "; best " + best[0].toFixed(4) + ", " + best[1].toFixed(4) + " (" + best[2] + ")" + sure;
         }
         return "Scored the candidates";
       case "describe":
