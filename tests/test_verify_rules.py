@@ -37,10 +37,27 @@ def test_densest_cluster_elsewhere_snaps_to_its_best_ranked_photo() -> None:
     assert choice.neighbour == 2 and (choice.lat, choice.lon) == neighbours[2]
     assert choice.candidate is None  # not a candidate: snapped to the retrieved photo's location
     assert choice.members.tolist() == [True] * 5 + [False]
-    # with top_ratio 0 the top photo always keeps its cluster (the rule then answers top-1)
+    # with both ratios 0 the top photo always keeps its region and cluster (the rule then answers top-1)
     keep = cluster_select([*answers, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours,
-                          params=ClusterParams(top_ratio=0.0))  # fmt: skip
+                          params=ClusterParams(top_ratio=0.0, region_top_ratio=0.0))  # fmt: skip
     assert keep.candidate == 5 and keep.neighbour == 0
+    # the region decides first: with region_top_ratio 0 Tokyo's region is kept, and in it Tokyo is the cluster
+    region = cluster_select([*answers, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours,
+                            params=ClusterParams(region_top_ratio=0.0))  # fmt: skip
+    assert region.neighbour == 0 and not region.members[:5].any()
+
+
+def test_answers_agreeing_on_a_region_outvote_a_tight_pair_far_away() -> None:
+    # five answers across France (none within 25 km of another) against the top photo and its twin in Tokyo:
+    # at 25 km Tokyo is the densest place; over the region France is, and its retrieved photo is answered
+    france = [PARIS, (45.76, 4.84), (43.30, 5.37), (44.84, -0.58), (47.22, -1.55)]
+    neighbours = [TOKYO, near(TOKYO, 0.01), (0.0, 0.0), near((45.76, 4.84), 0.002)]
+    choice = cluster_select([*france, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours)
+    assert choice.neighbour == 3 and (choice.lat, choice.lon) == neighbours[3]
+    # at 25 km alone (the top photo's region kept) Tokyo wins: its density matches Lyon's best
+    local = cluster_select([*france, TOKYO], ranks=[None] * 5 + [0], neighbours=neighbours,
+                           params=ClusterParams(region_top_ratio=0.0))  # fmt: skip
+    assert local.neighbour == 0 and (local.lat, local.lon) == TOKYO
 
 
 def test_a_cluster_of_generated_answers_answers_the_most_accompanied_one() -> None:
@@ -70,3 +87,5 @@ def test_bad_input_is_refused() -> None:
         ClusterParams(top_ratio=1.5)
     with pytest.raises(ValueError, match="scale_km"):
         ClusterParams(scale_km=0.0)
+    with pytest.raises(ValueError, match="region_top_ratio"):
+        ClusterParams(region_top_ratio=-0.1)

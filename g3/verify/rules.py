@@ -4,11 +4,14 @@
 beyond (agreeing answers are rarely all wrong) but loses against the top retrieved neighbour at 1 km: the
 point with the most mass around it is seldom the exact one. `cluster_select` separates the two questions:
 
-1. **where**: the densest cluster. Every candidate (mass 1) and every retrieved neighbour (mass
-   ``neighbour_weight``) adds a Gaussian of scale ``scale_km`` around itself; the point (a candidate or a
-   neighbour) with the highest summed density is the cluster's centre, and the cluster holds the points
-   within ``radius_km`` of it. When the top retrieved photo's density is at least ``top_ratio`` times the
-   best one, its cluster wins: the best-ranked evidence is kept unless the others clearly disagree.
+1. **where**: the densest cluster, found coarse to fine. Every candidate (mass 1) and every retrieved
+   neighbour (mass ``neighbour_weight``) adds a Gaussian around itself. First the *region*: the point (a
+   candidate or a neighbour) with the highest summed density at ``region_scale_km``; the region holds the
+   points within ``region_radius_km`` of it (answers that agree on a country outvote a lone photo far
+   away). Then, inside the region, the point with the highest density at ``scale_km`` is the cluster's
+   centre, and the cluster holds the points within ``radius_km`` of it. At both levels, when the top
+   retrieved photo's density is at least ``top_ratio`` times the best one, it is the centre: the
+   best-ranked evidence is kept unless the others clearly gather elsewhere.
 2. **which point**: the cluster's best-ranked retrieved photo (the lowest retrieval rank among its
    neighbours and retrieval candidates): a real photo's location, exact when retrieval found the place.
    A cluster with no retrieved photo answers its candidate with the most company within ``fine_km``
@@ -62,18 +65,23 @@ class ClusterParams:
     radius_km: float = 50.0
     fine_km: float = 1.0
     neighbour_weight: float = 1.0
-    top_ratio: float = 0.5
+    top_ratio: float = 0.7
+    region_scale_km: float = 800.0
+    region_radius_km: float = 750.0
+    region_top_ratio: float = 0.8
 
     def __post_init__(self) -> None:
-        for name in ("scale_km", "radius_km", "fine_km"):
+        for name in ("scale_km", "radius_km", "fine_km", "region_scale_km", "region_radius_km"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"cluster rule: {name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.neighbour_weight) and self.neighbour_weight >= 0):
             weight = self.neighbour_weight
             raise ValueError(f"cluster rule: neighbour_weight must be a finite number ≥ 0, got {weight!r}")
-        if not (math.isfinite(self.top_ratio) and 0 <= self.top_ratio <= 1):
-            raise ValueError(f"cluster rule: top_ratio must lie in [0, 1], got {self.top_ratio!r}")
+        for name in ("top_ratio", "region_top_ratio"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"cluster rule: {name} must lie in [0, 1], got {value!r}")
 
 
 DEFAULT_CLUSTER_PARAMS = ClusterParams()
@@ -91,6 +99,18 @@ def _ranks(ranks: object, n: int) -> np.ndarray:
         if value is not None and value >= 0:
             out[i] = float(value)
     return out
+
+
+def _centre(density: np.ndarray, alive: np.ndarray, rank: np.ndarray, top_ratio: float) -> int:
+    """The top retrieved photo among ``alive`` points when its density is at least ``top_ratio`` times the best,
+    else the densest point (ties: the better-ranked, then the first given)."""
+    best = float(density[alive].max())
+    ranked = np.flatnonzero(np.isfinite(rank) & alive)
+    top = int(ranked[np.argmin(rank[ranked])]) if len(ranked) else None
+    if top is not None and density[top] >= top_ratio * best:
+        return top
+    order = np.lexsort((np.arange(len(density)), rank, -np.where(alive, density, -np.inf)))
+    return int(order[0])
 
 
 def cluster_select(
@@ -127,17 +147,12 @@ def cluster_select(
     rank = np.concatenate([cand_rank, np.arange(m, dtype=np.float64)])
 
     distance = pairwise_haversine_km(everything, everything)
-    density = np.exp(-0.5 * (distance / params.scale_km) ** 2) @ mass
     alive = (mass > 0) | np.isfinite(rank)  # a zero-mass point still counts as a place when it is a retrieved photo
-    best = float(density[alive].max())
-    ranked = np.flatnonzero(np.isfinite(rank))
-    top = int(ranked[np.argmin(rank[ranked])]) if len(ranked) else None
-    if top is not None and density[top] >= params.top_ratio * best:
-        centre = top
-    else:  # the densest point; ties go to the better-ranked, then the first given
-        order = np.lexsort((np.arange(len(everything)), rank, -np.where(alive, density, -np.inf)))
-        centre = int(order[0])
-    members = distance[centre] <= params.radius_km
+    region_density = np.exp(-0.5 * (distance / params.region_scale_km) ** 2) @ mass
+    region = distance[_centre(region_density, alive, rank, params.region_top_ratio)] <= params.region_radius_km
+    density = np.exp(-0.5 * (distance / params.scale_km) ** 2) @ mass
+    centre = _centre(density, alive & region, rank, params.top_ratio)
+    members = (distance[centre] <= params.radius_km) & region
     retrieved = np.flatnonzero(members & np.isfinite(rank))
     if len(retrieved):
         pick = int(retrieved[np.argmin(rank[retrieved])])

@@ -83,14 +83,15 @@ class SimSetting(BaseModel):
         default=0.6, ge=0, le=1, description="LMM: share of right guesses on an iconic photo at the exact spot"
     )
     consistency: float = Field(default=0.7, ge=0, le=1, description="LMM: share of samples repeating the primary guess")
+    confusion: float = Field(default=0.4, ge=0, le=1, description="LMM: share of wrong guesses at the decoy place")
     copying: float = Field(default=0.3, ge=0, le=1, description="LMM: chance a RAG answer copies a shown neighbour")
-    retrieval: float = Field(default=0.3, ge=0, le=1, description="chance a neighbour is near, average photo")
+    retrieval: float = Field(default=0.45, ge=0, le=1, description="chance retrieval finds the place, average photo")
     duplicate: float = Field(
         default=0.6, ge=0, le=1, description="chance an iconic photo has near-duplicates in the database"
     )
     decoy: float = Field(default=0.5, ge=0, le=1, description="share of far neighbours around the decoy place")
     ranking: float = Field(
-        default=0.02, ge=0, description="similarity bonus of a neighbour at the truth (vs noise 0.05)"
+        default=0.05, ge=0, description="similarity bonus of a neighbour at the truth (vs noise 0.05)"
     )
     aligner_noise: float = Field(default=0.8, ge=0, description="noise of the photo's vector relative to its signal")
 
@@ -116,7 +117,7 @@ SETTINGS: dict[str, SimSetting] = {
         skill=0.5,
         landmark=0.75,
     ),
-    "gallery": SimSetting(prompts=(), neighbours=15, retrieved_candidates=5, gallery_candidates=10, retrieval=0.35),
+    "gallery": SimSetting(prompts=(), neighbours=15, retrieved_candidates=5, gallery_candidates=10),
 }
 
 
@@ -283,20 +284,22 @@ class PoolSimulator:
         if np.isfinite(hint):
             difficulty = 0.7 * difficulty + 0.3 * float(hint)
         decoy = self._far_places(rng, truth, 1, row)[0]
-        near_p = _sigmoid(_logit(s.retrieval) + DIFFICULTY_SLOPE * (0.5 - difficulty) + rng.normal(0, 0.5))
+        # retrieval found the place (then a share of the neighbours is near) or it did not (then almost none is)
+        found = rng.random() < _sigmoid(_logit(s.retrieval) + DIFFICULTY_SLOPE * (0.5 - difficulty))
+        near_p = float(rng.beta(2.0, 2.0)) if found else 0.005
 
         iconic = bool(rng.random() < min(1.0, 2.0 * s.iconic * (1.0 - difficulty)))
         neighbours, scores = self._neighbours(rng, truth, decoy, near_p, iconic, row)
         candidates: list[PoolCandidate] = []
         for prompt in s.prompts:
-            for i, point in enumerate(self._answers(rng, truth, difficulty, iconic, prompt, neighbours)):
+            for i, point in enumerate(self._answers(rng, truth, decoy, difficulty, iconic, prompt, neighbours)):
                 candidates.append(PoolCandidate(lat=point[0], lon=point[1], source=prompt.name, sample=i))
         for rank in range(min(s.retrieved_candidates, len(neighbours))):
             lat, lon = neighbours[rank]
             candidates.append(
                 PoolCandidate(lat=lat, lon=lon, source="retrieval", rank=rank, retrieval_score=float(scores[rank]))
             )
-        belief = self._belief(rng, truth, decoy, near_p)
+        belief = self._belief(rng, truth, decoy, found)
         if s.gallery_candidates:
             candidates.extend(self._gallery(rng, belief))
         if not candidates:
@@ -386,7 +389,9 @@ class PoolSimulator:
         rows[regional] = self.database.nearest(spots[regional], exclude=row)
         return database[rows]
 
-    def _guess(self, rng: np.random.Generator, truth: np.ndarray, difficulty: float, iconic: bool) -> np.ndarray:
+    def _guess(
+        self, rng: np.random.Generator, truth: np.ndarray, decoy: np.ndarray, difficulty: float, iconic: bool
+    ) -> np.ndarray:
         """One LMM hypothesis for the photo: right (spot or city) or wrong (region, across a border, anywhere)."""
         s = self.setting
         places, cities = _cities()
@@ -395,6 +400,8 @@ class PoolSimulator:
             if iconic and rng.random() < s.landmark:
                 return destination(truth, rng.exponential(0.3), rng.uniform(0, 360))
             return cities.latlon[cities.nearest(truth)]
+        if rng.random() < s.confusion:  # the look-alike place that fooled retrieval fools the LMM too
+            return cities.latlon[cities.nearest(decoy)]
         country = places.country[places.nearest(truth)]  # type: ignore[index]
         kind = rng.choice(3, p=[0.2 + 0.4 * s.skill, 0.5 - 0.2 * s.skill, 0.3 - 0.2 * s.skill])
         if kind < 2:
@@ -412,6 +419,7 @@ class PoolSimulator:
         self,
         rng: np.random.Generator,
         truth: np.ndarray,
+        decoy: np.ndarray,
         difficulty: float,
         iconic: bool,
         prompt: SimPrompt,
@@ -419,7 +427,10 @@ class PoolSimulator:
     ) -> list[np.ndarray]:
         s = self.setting
         _, cities = _cities()
-        primary, secondary = self._guess(rng, truth, difficulty, iconic), self._guess(rng, truth, difficulty, iconic)
+        primary, secondary = (
+            self._guess(rng, truth, decoy, difficulty, iconic),
+            self._guess(rng, truth, decoy, difficulty, iconic),
+        )
         shown = min(prompt.shown, len(neighbours))
         answers = []
         for _ in range(prompt.samples):
@@ -435,15 +446,16 @@ class PoolSimulator:
                     if u < s.consistency
                     else secondary
                     if u < 0.9
-                    else self._guess(rng, truth, difficulty, iconic)
+                    else self._guess(rng, truth, decoy, difficulty, iconic)
                 )
             jitter = destination(point, rng.exponential(0.5), rng.uniform(0, 360))  # digits the LMM writes
             answers.append(np.round(jitter, 4))
         return answers
 
-    def _belief(self, rng: np.random.Generator, truth: np.ndarray, decoy: np.ndarray, near_p: float) -> np.ndarray:
-        """Where the aligner's vector points: near the truth (as often as retrieval is right) or the decoy."""
-        centre = truth if rng.random() < near_p else decoy
+    def _belief(self, rng: np.random.Generator, truth: np.ndarray, decoy: np.ndarray, found: bool) -> np.ndarray:
+        """Where the aligner's vector points: the photo's vector is the one retrieval searched with, so near the
+        truth when retrieval found the place and near the look-alike place when it did not (mostly)."""
+        centre = truth if rng.random() < (0.9 if found else 0.1) else decoy
         return destination(centre, rng.exponential(150.0), rng.uniform(0, 360))
 
     def _gallery(self, rng: np.random.Generator, belief: np.ndarray) -> list[PoolCandidate]:
