@@ -632,7 +632,11 @@ def locate(
         from g3.agent.results import ResultsCSV
 
         results_file = ResultsCSV(out)
-    todo = [p for p in inputs if results_file is None or not results_file.done(p, retry_degraded=retry_degraded)]
+    todo = [
+        p
+        for p in inputs
+        if results_file is None or not results_file.done(p, retry_degraded=retry_degraded, requirements=requirements)
+    ]
     outcomes: dict[Path, Any] = {}
     for photo in todo:
         problem = check_photo(photo)

@@ -103,6 +103,18 @@ def test_a_withheld_answer_is_loud_and_has_no_coordinates() -> None:
     assert _json_entry(Path("p.jpg"), prediction(), {"200": 0.6})["lat"] == 48.8584  # met: an answer
 
 
+def test_a_withheld_row_is_located_again_when_a_rerun_asks_for_less(tmp_path: Path) -> None:
+    """A withheld row holds no answer: a rerun that would answer it (a lower minimum, or none) locates it again;
+    a rerun with the same (or a higher) minimum keeps it."""
+    results = ResultsCSV(tmp_path / "results.csv")
+    results.append([result_row("p.jpg", prediction(), {"200": 0.8})])  # P(200) = 0.63: withheld
+    results.close()
+    again = ResultsCSV(tmp_path / "results.csv")
+    assert again.done("p.jpg", requirements={"200": 0.8}) and again.done("p.jpg", requirements={"200": 0.9})
+    assert not again.done("p.jpg", requirements={"200": 0.6}) and not again.done("p.jpg")
+    assert not again.done("p.jpg", requirements={"25": 0.3})  # P(25) = 0.41 recorded: would now be answered
+
+
 def test_a_results_file_from_before_the_confidence_columns_is_upgraded(tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     old = dict.fromkeys(LEGACY_COLUMNS, "") | {"path": "a.jpg", "lat": "1.0", "lon": "2.0", "degraded": "false"}

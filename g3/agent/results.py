@@ -6,9 +6,10 @@ says why). A file written before those columns existed is rewritten with them (e
 Rows are appended chunk by chunk, each chunk flushed and fsynced, so an
 interrupted run keeps every chunk it finished; an unfinished last line (a write cut short) is removed when
 the file is opened again. A photo counts as done when it has a row without an error (with
-``retry_degraded``, also without ``degraded``); photos are matched by absolute path (paths are written as
-given, so rerun from the same folder). A photo located again gets a new row, which wins over its older ones;
-`ResultsCSV.close` then rewrites the file atomically with one row per photo.
+``retry_degraded``, also without ``degraded``; a withheld row only while this run would withhold it again);
+photos are matched by absolute path (paths are written as given, so rerun from the same folder). A photo
+located again gets a new row, which wins over its older ones; `ResultsCSV.close` then rewrites the file
+atomically with one row per photo.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def photo_key(path: str | os.PathLike[str]) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _still_withheld(row: Mapping[str, str], requirements: Mapping[str, float]) -> bool:
+    """Whether a withheld row's recorded probabilities miss one of ``requirements``."""
+    for radius, needed in requirements.items():
+        recorded = row.get(f"p{radius}", "")
+        if not recorded or float(recorded) < needed:
+            return True
+    return False
 
 
 def result_row(
@@ -102,10 +112,20 @@ class ResultsCSV:
         if legacy:  # appended rows must match the header: rewrite it with the new columns first
             self._rewrite()
 
-    def done(self, photo: str | os.PathLike[str], *, retry_degraded: bool = False) -> bool:
-        """Whether ``photo`` has a row without an error (and, with ``retry_degraded``, not degraded)."""
+    def done(
+        self,
+        photo: str | os.PathLike[str],
+        *,
+        retry_degraded: bool = False,
+        requirements: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Whether ``photo`` has a row without an error (and, with ``retry_degraded``, not degraded). A withheld
+        row holds no answer: it stays done only while ``requirements`` (this run's ``--min-confidence``) would
+        withhold it again from its recorded probabilities, so a rerun asking for less locates it again."""
         row = self.rows.get(photo_key(photo))
-        return row is not None and not row["error"] and not (retry_degraded and row["degraded"] == "true")
+        if row is None or row["error"] or (retry_degraded and row["degraded"] == "true"):
+            return False
+        return not row["withheld"] or _still_withheld(row, requirements or {})
 
     def append(self, rows: list[dict[str, str]]) -> None:
         """Append ``rows`` (a header first in a new file); flushed and fsynced before returning."""
