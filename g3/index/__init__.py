@@ -10,6 +10,7 @@ from g3.lazy import lazy_exports
 if TYPE_CHECKING:
     from g3.index.backend import FaissBackend, SearchBackend
     from g3.index.build import IndexBuildConfig, build_index
+    from g3.index.convert import ConvertConfig, convert_index
     from g3.index.gallery import GallerySearchResult, GPSGallery, load_gallery_coordinates
     from g3.index.geo_index import GeoIndex, Neighbours, SearchResult
     from g3.index.importer import import_faiss_index
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "g3.index.backend": ("FaissBackend", "SearchBackend"),
     "g3.index.build": ("IndexBuildConfig", "build_index"),
+    "g3.index.convert": ("ConvertConfig", "convert_index"),
     "g3.index.gallery": ("GallerySearchResult", "GPSGallery", "load_gallery_coordinates"),
     "g3.index.geo_index": ("GeoIndex", "Neighbours", "SearchResult"),
     "g3.index.importer": ("import_faiss_index",),
@@ -27,6 +29,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
+    "ConvertConfig",
     "FaissBackend",
     "GPSGallery",
     "GallerySearchResult",
@@ -37,6 +40,7 @@ __all__ = [
     "SearchBackend",
     "SearchResult",
     "build_index",
+    "convert_index",
     "import_faiss_index",
     "load_gallery_coordinates",
 ]
