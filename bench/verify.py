@@ -12,7 +12,8 @@ docstring for what it models and what it cannot). For each setting the script pr
   *other* photos (a setting it was not fitted on unless listed), against every rule on those pools, and
   the ECE of its stated probabilities there.
 
-Data paths are arguments (``--truths``, ``--gallery``), defaulting to $G3_SHARED_DATA (else
+Photos are drawn in a seeded random order (benchmark CSVs list an author's photos together, so blocks of
+rows are not i.i.d.). Data paths are arguments (``--truths``, ``--gallery``), defaulting to $G3_SHARED_DATA (else
 ``<repo>/../shared/data``): IM2GPS3k's metadata and GeoCLIP's 100K gallery. Seeded; asserts nothing.
 
     python bench/verify.py                                  # every setting, 1,000 photos each, 5 folds
@@ -99,7 +100,7 @@ def simulate(name: str, args: argparse.Namespace, offset: int) -> list[Pool]:
     truths = load_truths(args.truths)
     gallery = load_gallery(args.gallery) if args.gallery else None
     simulator = PoolSimulator(SETTINGS[name], truths, gallery, seed=args.seed)
-    return list(simulator.pools(args.photos, offset=offset))
+    return list(simulator.pools(args.photos, offset=offset, shuffle=args.seed))
 
 
 def main() -> None:
@@ -138,7 +139,7 @@ def main() -> None:
             print(table(title, rows, eces), end="\n\n", flush=True)
 
     if args.transfer:
-        # fit on the first --photos photos of each --fit-on setting, test on the next --photos photos
+        # fit on the first --photos photos (in a seeded random order) of each --fit-on setting, test on the next
         fit_pools = [pool for name in args.fit_on for pool in simulate(name, args, offset=0)]
         ranker = fit_ranker(fit_pools, seed=args.seed)
         transfer: dict[str, object] = {}

@@ -2,7 +2,8 @@
 rule, the learned ranker against every fixed rule on a setting it was not fitted on, and calibration.
 
 Pools are simulated over the real IM2GPS3k locations and GeoCLIP's gallery (the shared data folder).
-Fitting and test pools never share a photo: fitting uses the first photos of the CSV, tests later ones.
+Photos are taken in one seeded random order (the CSV lists an author's photos together): fitting uses the
+first ones, tests later ones, so they never share a photo and are i.i.d. samples of the benchmark.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def gallery() -> np.ndarray:
 
 
 def _pools(name: str, truths: Truths, gallery: np.ndarray, count: int, offset: int = 0) -> list[Pool]:
-    return list(PoolSimulator(SETTINGS[name], truths, gallery, seed=0).pools(count, offset=offset))
+    return list(PoolSimulator(SETTINGS[name], truths, gallery, seed=0).pools(count, offset=offset, shuffle=0))
 
 
 def _accuracy(points: np.ndarray, pools: Sequence[Pool]) -> np.ndarray:
@@ -136,15 +137,15 @@ def test_ranker_beats_every_fixed_rule_on_a_held_out_setting(held_out: Answers) 
 
 
 def test_confidence_is_calibrated_on_held_out_data(held_out: Answers) -> None:
-    """The stated probabilities on the held-out setting: ECE of all of them (3 radii × the pools) below 0.05.
-    Per radius the sampling noise of an ECE over this many pools is about 0.03, so each is held to 0.08;
-    bench/verify.py reports the per-radius values on larger samples."""
+    """The stated probabilities on the held-out setting's photos: ECE below 0.05 at each radius and over all
+    of them (measured 0.039 / 0.036 / 0.030 and 0.029; the sampling noise of an ECE over 500 pools is
+    about 0.02, bench/verify.py measures on 1,000)."""
     truth = np.array([p.truth for p in held_out.pools], dtype=np.float64)
     error = haversine_km(held_out.points[:, 0], held_out.points[:, 1], truth[:, 0], truth[:, 1])
     hits = {r: error <= float(r) for r in RADII}
     for r in RADII:
         assert 0.05 < hits[r].mean() < 0.95  # the radius is informative: neither always hit nor always missed
-        assert expected_calibration_error(held_out.stated[r], hits[r]) < 0.08, r
+        assert expected_calibration_error(held_out.stated[r], hits[r]) < 0.05, r
     pooled = expected_calibration_error(
         np.concatenate(list(held_out.stated.values())), np.concatenate(list(hits.values()))
     )

@@ -283,11 +283,16 @@ class PoolSimulator:
         """The stand-in location embedding ``(..., D)`` of points ``(..., 2)``."""
         return np.sqrt(2.0 / len(self._b)) * np.cos(_unit(latlon) @ self._w.T + self._b)
 
-    def pools(self, count: int | None = None, *, offset: int = 0) -> Iterator[Pool]:
-        """Pools of photos ``offset .. offset + count`` (default: all); each photo's pool depends only on the
-        seed and its row, so slices of one simulator never disagree."""
-        stop = len(self.truths.ids) if count is None else min(offset + count, len(self.truths.ids))
-        for row in range(offset, stop):
+    def pools(self, count: int | None = None, *, offset: int = 0, shuffle: int | None = None) -> Iterator[Pool]:
+        """Pools of photos ``offset .. offset + count`` (default: all) in the CSV's order, or in a seeded random
+        order with ``shuffle`` (a seed). Benchmark CSVs list an author's photos together, so disjoint blocks
+        of one order differ in places and difficulty; a shuffled order makes them i.i.d. samples. Each
+        photo's pool depends only on the simulator's seed and its row, so slices never disagree."""
+        order = np.arange(len(self.truths.ids))
+        if shuffle is not None:
+            order = np.random.default_rng(shuffle).permutation(len(order))
+        stop = len(order) if count is None else min(offset + count, len(order))
+        for row in order[offset:stop].tolist():
             yield self.pool(row)
 
     def pool(self, row: int) -> Pool:
