@@ -89,3 +89,18 @@ def test_bad_input_is_refused() -> None:
         ClusterParams(scale_km=0.0)
     with pytest.raises(ValueError, match="region_top_ratio"):
         ClusterParams(region_top_ratio=-0.1)
+
+
+def test_gallery_candidates_count_as_generated_in_the_pool_rule() -> None:
+    # the pool rule (baselines "cluster"): gallery points gathered in Paris against a lone top photo in Tokyo.
+    # Were their ranks 0..4 read as retrieval ranks they would be neighbours 0..4 (mass 0, Tokyo answered).
+    from g3.verify.baselines import cluster
+    from g3.verify.pools import Pool
+
+    gallery = [{"lat": PARIS[0] + 0.01 * i, "lon": PARIS[1], "source": "gallery", "rank": i} for i in range(5)]
+    top = {"lat": TOKYO[0], "lon": TOKYO[1], "source": "retrieval", "rank": 0}
+    pool = Pool.model_validate(
+        {"id": "q", "candidates": [top, *gallery], "neighbours": [TOKYO, ROME, (0.0, 0.0), (10.0, 10.0), (20.0, 20.0)]}
+    )
+    point = cluster(pool)
+    assert point is not None and abs(point[0] - PARIS[0]) < 0.05 and point[1] == PARIS[1]

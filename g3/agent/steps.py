@@ -24,7 +24,6 @@ from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests
 from g3.lmm.rerank import RERANK_TAG, RerankError, RerankOption, parse_choice, rerank_request
 from g3.models import GeoAligner
 from g3.verify import Candidate, ScoredCandidate, VerifyConfig, verify
-from g3.verify.pools import RANKED_SOURCES
 from g3.verify.rules import DEFAULT_CLUSTER_PARAMS, ClusterChoice, ClusterParams, cluster_select
 
 
@@ -186,11 +185,11 @@ def cluster_candidates(
 ) -> Verified:
     """``verify.mode: cluster``: the densest-cluster rule (`g3.verify.rules.cluster_select`) chooses the answer.
 
-    Retrieved and gallery candidates take part with their rank, the similar neighbours as support. When the
-    rule snaps to a retrieved photo that is not a candidate, that photo joins the candidates (source
-    ``"retrieval"``, its rank and similarity), so the answer is always in the pool. Every candidate keeps its
-    fused score and components (see `verify_candidates`) plus ``components["density"]``; the answer comes
-    first, the others in fused order.
+    Retrieved candidates take part with their rank (gallery points as generated ones), the similar
+    neighbours as support. When the rule snaps to a retrieved photo that is not a candidate, that photo joins
+    the candidates (source ``"retrieval"``, its rank and similarity), so the answer is always in the pool.
+    Every candidate keeps its fused score and components (see `verify_candidates`) plus
+    ``components["density"]``; the answer comes first, the others in fused order.
     """
     if not candidates:
         raise G3Error("no candidate location to verify (empty index and no LMM answer)")
@@ -198,7 +197,8 @@ def cluster_candidates(
     neighbours = similar.coordinates if len(similar.coordinates) else None
 
     def select() -> ClusterChoice:
-        ranks = [c.sample if c.source in RANKED_SOURCES else None for c in pool]
+        # a gallery point's rank r is not neighbour r: gallery candidates count as generated ones
+        ranks = [c.sample if c.source == "retrieval" else None for c in pool]
         return cluster_select([[c.lat, c.lon] for c in pool], ranks=ranks, neighbours=neighbours, params=params)
 
     choice = select()

@@ -79,7 +79,8 @@ def consensus_neighbours(pool: Pool) -> Point | None:
 
 def cluster(pool: Pool) -> Point | None:
     """The densest-cluster rule (`g3.verify.rules.cluster_select`) over the candidates and the neighbours."""
-    ranks = [c.rank if c.source in RANKED_SOURCES else None for c in pool.candidates]
+    # only retrieved photos carry a rank here: a gallery point's rank r is not neighbour r (it counts as generated)
+    ranks = [c.rank if c.source == "retrieval" else None for c in pool.candidates]
     choice = cluster_select(candidate_coords(pool), ranks=ranks, neighbours=pool.neighbours or None)
     return choice.lat, choice.lon
 
