@@ -468,7 +468,7 @@ def index_convert(
     train_size: Annotated[int | None, typer.Option(min=1, help="Training sample (default ≤100,000 rows).")] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
-    candidates: Annotated[int, typer.Option(min=1, help="Two-stage: rows re-scored exactly per query.")] = 256,
+    candidates: Annotated[int, typer.Option(min=1, help="Two-stage: rows re-scored exactly per query.")] = 1024,
     rerank_dtype: Annotated[str, typer.Option(help="Two-stage: float16 or float32 vectors on disk.")] = "float16",
     queries: Annotated[int, typer.Option(min=0, help="Held-out queries for the report's recall@k.")] = 500,
     k: Annotated[int, typer.Option("-k", min=1, help="The k of the report's recall@k.")] = 20,
