@@ -23,13 +23,13 @@ from scripted import ScriptedLMM
 from typer.testing import CliRunner
 
 from g3.agent import G3, G3Config
-from g3.agent.degradation import REASONS, assess
+from g3.agent.degradation import LMM_FAILURES, REASONS, assess
 from g3.agent.tiny import ensure_tiny_assets
 from g3.cli import app
 from g3.errors import DegradedRunError, LMMUnavailableError
 from g3.evaluation.compare import compare_table, load_run, run_label
 from g3.evaluation.datasets import load_im2gps3k
-from g3.evaluation.degraded import FailFast, degraded_summary
+from g3.evaluation.degraded import FailFast, degraded_summary, fail_fast_reasons
 from g3.evaluation.report import render_report
 from g3.evaluation.runner import PREDICTIONS, batch_bounds, read_predictions, run_evaluation
 from g3.index import GeoIndex
@@ -252,6 +252,30 @@ def test_eval_run_with_an_unreachable_lmm_stops_early_then_exits_3_over_max_degr
     assert metrics["degraded"]["by_reason"] == {"lmm_unreachable": 6} and metrics["counts"]["degraded"] == 6
 
     assert "--max-degraded" in CliRunner().invoke(app, ["eval", "run", "--help"]).output
+
+
+def test_fail_fast_counts_a_failed_rerank_when_it_is_the_only_lmm_request() -> None:
+    assert fail_fast_reasons("full", "lmm_rerank") == fail_fast_reasons("retrieval", "fused") == LMM_FAILURES
+    watch = FailFast(2, fail_fast_reasons("retrieval", "lmm_rerank"))
+    with pytest.raises(LMMUnavailableError, match=r"first 2 photos \(rerank_failed: 2\).*a: rerank_failed"):
+        watch.feed([_record("a", "rerank_failed"), _record("b", "rerank_failed")])
+
+
+@needs_data
+def test_eval_run_in_retrieval_mode_with_an_unreachable_rerank_stops_early(
+    unreachable_config: Path, small_bench: Path, tmp_path: Path
+) -> None:
+    """Retrieval mode with verify.mode lmm_rerank: the rerank is the only LMM request, so its failure on
+    every probe photo stops the run as a dead LMM does in full mode."""
+    config = tmp_path / "rerank.yaml"
+    config.write_text(yaml.safe_dump({"extends": str(unreachable_config), "pipeline": {"mode": "retrieval"},
+                                      "verify": {"mode": "lmm_rerank"}}))  # fmt: skip
+    result = CliRunner().invoke(app, ["eval", "run", "--dataset", "im2gps3k", "--metadata", str(small_bench),
+                                      "--images", str(IMAGES), "-c", str(config), "--no-progress",
+                                      "--out", str(tmp_path / "run")])  # fmt: skip
+    assert isinstance(result.exception, LMMUnavailableError), result.output  # `g3` prints it, exits 2
+    assert "the LMM failed for each of the first 4 photos (rerank_failed: 4)" in str(result.exception)
+    assert read_predictions(tmp_path / "run" / PREDICTIONS) == []
 
 
 @needs_data

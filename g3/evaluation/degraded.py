@@ -33,9 +33,17 @@ def reasons_of(record: Mapping[str, Any]) -> list[str]:
     return [str(d.get("reason")) for d in record.get("degradations") or []]
 
 
-def lmm_failed(record: Mapping[str, Any]) -> bool:
-    """Whether the LMM did not answer at all for this photo."""
-    return any(reason in LMM_FAILURES for reason in reasons_of(record))
+def fail_fast_reasons(pipeline_mode: str, verify_mode: str) -> frozenset[str]:
+    """The reason codes that mean "the LMM did not answer" in a run of these modes: `LMM_FAILURES`, plus
+    ``rerank_failed`` when the rerank is the run's only LMM request (retrieval mode with ``lmm_rerank``)."""
+    if pipeline_mode != "full" and verify_mode == "lmm_rerank":
+        return LMM_FAILURES | {"rerank_failed"}
+    return LMM_FAILURES
+
+
+def lmm_failed(record: Mapping[str, Any], reasons: frozenset[str] = LMM_FAILURES) -> bool:
+    """Whether the LMM did not answer at all for this photo (one of ``reasons`` is among its degradations)."""
+    return any(reason in reasons for reason in reasons_of(record))
 
 
 def degraded_summary(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
@@ -92,10 +100,11 @@ class FailFast:
     run ends with fewer photos than ``after``.
     """
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: int, reasons: frozenset[str] = LMM_FAILURES) -> None:
         if after < 0:
             raise ValueError(f"fail_fast must be ≥ 0 photos, got {after}")
         self.after = after
+        self.reasons = reasons
         self.active = after > 0
         self.held: list[Record] = []
 
@@ -104,7 +113,7 @@ class FailFast:
             return records
         self.held.extend(records)
         located = [r for r in self.held if r.get("error") is None]
-        if any(not lmm_failed(r) for r in located):
+        if any(not lmm_failed(r, self.reasons) for r in located):
             self.active = False
             return self.release()
         if len(located) >= self.after:
@@ -115,11 +124,10 @@ class FailFast:
         held, self.held = self.held, []
         return held
 
-    @staticmethod
-    def _message(located: list[Record]) -> str:
-        counts = Counter(reason for r in located for reason in dict.fromkeys(reasons_of(r)) if reason in LMM_FAILURES)
+    def _message(self, located: list[Record]) -> str:
+        counts = Counter(reason for r in located for reason in dict.fromkeys(reasons_of(r)) if reason in self.reasons)
         first = located[0]
-        why = next(d.get("message") for d in first.get("degradations") or [] if d.get("reason") in LMM_FAILURES)
+        why = next(d.get("message") for d in first.get("degradations") or [] if d.get("reason") in self.reasons)
         return (
             f"stopped early: the LMM failed for each of the first {len(located)} photos "
             f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); {first.get('img_id')}: {why}. Nothing of "

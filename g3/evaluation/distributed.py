@@ -23,7 +23,7 @@ from typing import Any
 
 from g3.agent import G3Config
 from g3.evaluation.datasets import EvalDataset
-from g3.evaluation.degraded import DEFAULT_FAIL_FAST, check_degraded_share
+from g3.evaluation.degraded import DEFAULT_FAIL_FAST, check_degraded_share, fail_fast_reasons
 from g3.evaluation.metrics import DEFAULT_CONVENTION, Convention
 from g3.evaluation.pools import POOLS
 from g3.evaluation.runner import PREDICTIONS, PredictionWriter, batch_bounds, finalize, locate_chunk, pending_items
@@ -95,6 +95,7 @@ def run_evaluation_ray(
                          len(chunks), len(actors))  # fmt: skip
                 with PredictionWriter(run / PREDICTIONS, total=total, initial=total - len(items), progress=progress,
                                       desc=f"{dataset.name} (ray)", fail_fast=fail_fast,
+                                      fail_reasons=fail_fast_reasons(config.pipeline.mode, config.verify.mode),
                                       pools=run / POOLS) as writer:  # fmt: skip
                     finished: dict[int, list[dict[str, Any]]] = {}
                     next_batch = 0

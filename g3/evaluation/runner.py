@@ -35,9 +35,16 @@ import yaml
 
 from g3 import __version__
 from g3.agent import G3, G3Config, GeoPrediction
+from g3.agent.degradation import LMM_FAILURES
 from g3.errors import EvaluationError, G3Error
 from g3.evaluation.datasets import EvalDataset
-from g3.evaluation.degraded import DEFAULT_FAIL_FAST, FailFast, check_degraded_share, degraded_summary
+from g3.evaluation.degraded import (
+    DEFAULT_FAIL_FAST,
+    FailFast,
+    check_degraded_share,
+    degraded_summary,
+    fail_fast_reasons,
+)
 from g3.evaluation.metrics import DEFAULT_CONVENTION, THRESHOLDS_KM, Convention, distances_km, recall_vs_area, summarize
 from g3.evaluation.pools import POOL_FIELD, POOLS, PoolAppender, reconcile_pools
 from g3.io import atomic_write_text, drop_partial_line
@@ -161,14 +168,14 @@ class PredictionWriter:
 
     def __init__(
         self, path: Path, *, total: int, initial: int, progress: bool = True, desc: str = "locate", fail_fast: int = 0,
-        pools: Path | None = None,
+        fail_reasons: frozenset[str] = LMM_FAILURES, pools: Path | None = None,
     ) -> None:  # fmt: skip
         self.path, self.total, self.initial, self.progress, self.desc = path, total, initial, progress, desc
         self.pools_path = pools
         self.pools: PoolAppender | None = None
         self.hits = {25.0: 0, 2500.0: 0}
         self.located = 0
-        self.watch = FailFast(fail_fast)
+        self.watch = FailFast(fail_fast, fail_reasons)
 
     def __enter__(self) -> PredictionWriter:
         from tqdm.auto import tqdm
@@ -237,8 +244,9 @@ def locate_into(
     ``fail_fast``: see `PredictionWriter` (the first batch then holds that many photos); ``pools``: the
     file that gets each located image's candidate pool."""
     total = len(items) if total is None else total
+    reasons = fail_fast_reasons(g3.config.pipeline.mode, g3.config.verify.mode)
     with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc,
-                          fail_fast=fail_fast, pools=pools) as writer:  # fmt: skip
+                          fail_fast=fail_fast, fail_reasons=reasons, pools=pools) as writer:  # fmt: skip
         for number, (start, stop) in enumerate(batch_bounds(len(items), batch_size, first=fail_fast)):
             writer.write(locate_chunk(g3, items[start:stop], concurrency=concurrency, pools=pools is not None))
             if on_batch is not None:
