@@ -70,8 +70,8 @@ def recall(truth: np.ndarray, found: np.ndarray) -> float:
 
 def test_two_stage_is_exact_on_its_candidates_and_loads_everywhere(flat: Path, keys: np.ndarray, tmp_path: Path):
     out = tmp_path / "two"
-    index = convert_index(flat, out, ConvertConfig(kind="two-stage", candidates=64, queries=200, k=10),
-                          progress=False)  # fmt: skip
+    config = ConvertConfig(kind="two-stage", candidates=64, queries=200, k=10, rerank_dtype="float16")
+    index = convert_index(flat, out, config, progress=False)
     assert isinstance(index.backend, TwoStageBackend) and index.kind == default_first_stage(ROWS, 3 * THIRD)
     vectors = np.load(out / "vectors.npy", mmap_mode="r")
     assert vectors.dtype == np.float16 and vectors.shape == keys.shape
@@ -166,10 +166,10 @@ def test_cli_convert_to_hnsw_and_back_from_two_stage(flat: Path, keys: np.ndarra
 
     two = tmp_path / "two"
     result = runner.invoke(app, ["index", "convert", str(flat), "--kind", "two-stage:IVF32,PQ24x4fs", "--out", str(two),
-                                 "--candidates", "100", "--rerank-dtype", "float32", "--no-progress"])  # fmt: skip
+                                 "--candidates", "100", "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "+ exact re-ranking from disk" in result.output
-    np.testing.assert_array_equal(np.load(two / "vectors.npy"), keys)
+    np.testing.assert_array_equal(np.load(two / "vectors.npy"), keys)  # float32 by default: the keys themselves
 
     # back to Flat from the two-stage index's vectors: the same keys, so exact search returns the source's answers
     back = tmp_path / "back"
