@@ -294,3 +294,30 @@ def test_the_ranker_chooses_the_answer_and_states_its_confidence(
     assert "embedding" in prediction.candidates[0].components  # the fixed rule's components stay
     assert prediction.model_dump(mode="json")["confidence"] == prediction.confidence
     assert "rank" in prediction.timings
+
+
+def test_a_pool_of_another_shape_than_the_training_pools_is_flagged(
+    parts: tuple[GeoAligner, GeoIndex], fitted: Path, tmp_path: Path
+) -> None:
+    """A ranker fitted on retrieval-only pools without embeddings (no LMM answers, no G3 vectors) still scores
+    a full G3 pool, but the prediction says that its choice and confidence were not calibrated for such pools;
+    the mixed training set of `fitted` (some pools with embeddings, some without) flags nothing."""
+    bare = [
+        p.model_copy(update={"candidates": [c for c in p.candidates if c.source == "retrieval"]})
+        for p in synthetic_pools(40, seed=5, embeddings=False)
+    ]
+    folder = fit_ranker(bare, seed=0, rounds=ROUNDS).save(tmp_path / "bare")
+    ranker = Ranker.load(folder)  # the training pools' shape survives the round trip
+    assert ranker.info["pool_parts"] == {"embeddings": 0.0, "generated": 0.0, "neighbours": 1.0}
+    assert ranker.shape_warning(bare[0]) is None
+    mixed = Ranker.load(fitted)
+    full, no_vectors = synthetic_pools(1, seed=6)[0], synthetic_pools(1, seed=6, embeddings=False)[0]
+    assert mixed.shape_warning(full) is None and mixed.shape_warning(no_vectors) is None
+    settings = {"aligner": "unused", "index": "unused", "lmm": {"backend": "vllm"}, "pipeline": {"describe": "none"},
+                "verify": {"ranker": str(folder)}}  # fmt: skip
+    g3 = G3(G3Config.model_validate(settings), aligner=parts[0], index=parts[1],
+            backend=BatchingBackend(ScriptedLMM()), ranker=ranker)  # fmt: skip
+    prediction = g3.locate(PHOTO)
+    (warning,) = [w for w in prediction.warnings if "pools of another shape" in w]
+    assert "has G3's embeddings" in warning and "has LMM answers" in warning and "not calibrated" in warning
+    assert prediction.confidence is not None  # still stated, with the warning beside it

@@ -4,17 +4,22 @@ After the verify step (and the LMM rerank, whose choice is then one of the candi
 query's pool (`g3.agent.pooling.state_pool`) is scored by the fitted `g3.verify.ranker.Ranker`: the
 candidates are re-ordered by the ranker's score (recorded as the ``ranker`` component beside the fixed
 rule's components), and the answer's calibrated P(within 25 / 200 / 750 km) becomes
-`GeoPrediction.confidence`.
+`GeoPrediction.confidence`. A pool of another shape than the ranker's training pools (embeddings, LMM answers
+or neighbours that none of them had, or that all of them had) gets a warning on the prediction: the confidence
+is then not calibrated for it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from g3.agent.pooling import state_pool
 from g3.verify import ScoredCandidate
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from g3.models import GeoAligner
@@ -38,4 +43,9 @@ def rank_state(state: Any, aligner: GeoAligner, ranker: Ranker) -> dict[str, Any
         )
         for rank, i in enumerate(order)
     ]
-    return {"ranked": ranked, "confidence": ranker.calibrated(probabilities[order[0]])}
+    update: dict[str, Any] = {"ranked": ranked, "confidence": ranker.calibrated(probabilities[order[0]])}
+    shape = ranker.shape_warning(pool)
+    if shape is not None:
+        log.warning("%s", shape)
+        update["warnings"] = [shape]
+    return update

@@ -34,7 +34,7 @@ from g3.io import atomic_folder, atomic_write_json
 from g3.verify.baselines import RULES, rule_answers
 from g3.verify.calibration import Isotonic, expected_calibration_error, fit_isotonic
 from g3.verify.features import FEATURES, pool_features
-from g3.verify.pools import Pool
+from g3.verify.pools import RANKED_SOURCES, Pool
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def _lightgbm() -> Any:
     except ImportError as exc:  # a dependency of g3; missing only in a broken install
         raise MissingDependencyError("the verification ranker needs lightgbm: pip install 'lightgbm>=4.5'") from exc
     return lightgbm
+
+
+#: What a pool may or may not hold; the ranker records the share of its training pools holding each.
+POOL_PARTS: dict[str, str] = {
+    "embeddings": "G3's embeddings (query_gps, candidate_embeddings)",
+    "generated": "LMM answers (generated candidates)",
+    "neighbours": "retrieved neighbours",
+}
+
+
+def pool_parts(pool: Pool) -> dict[str, bool]:
+    """Which of `POOL_PARTS` ``pool`` holds."""
+    return {
+        "embeddings": pool.query_gps is not None,
+        "generated": any(c.source not in RANKED_SOURCES for c in pool.candidates),
+        "neighbours": bool(pool.neighbours),
+    }
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,26 @@ class Ranker:
         """Calibrated confidence keyed ``"25"``, ``"200"``, ``"750"`` from one candidate's raw probabilities
         ``(len(RADII_KM),)`` (a row of `probabilities`)."""
         return {str(r): float(self.calibration[r](raw[RADII_KM.index(r)])) for r in CONFIDENCE_RADII_KM}
+
+    def shape_warning(self, pool: Pool) -> str | None:
+        """A sentence when ``pool`` holds a part (`POOL_PARTS`) that none of the training pools held, or lacks
+        one that all of them held: the ranker's choice and confidence are then outside what it was fitted
+        and calibrated on. None when it matches (or the artefact predates the record)."""
+        trained = self.info.get("pool_parts")
+        if not isinstance(trained, dict):
+            return None
+        odd = []
+        for part, has in pool_parts(pool).items():
+            share = trained.get(part)
+            if isinstance(share, int | float) and ((has and share == 0) or (not has and share == 1)):
+                odd.append(f"{'has' if has else 'lacks'} {POOL_PARTS[part]}, which {'no' if has else 'every'} "
+                           "training pool had")  # fmt: skip
+        if not odd:
+            return None
+        return (
+            f"the verification ranker was fitted on pools of another shape: this query {'; '.join(odd)}, so its "
+            "choice and confidence are not calibrated for it (fit the ranker on pools like these: g3 verify fit)"
+        )
 
     def confidence(self, pool: Pool, index: int) -> dict[str, float]:
         """Calibrated P(candidate ``index`` lies within r km) for r in `CONFIDENCE_RADII_KM`, keyed ``"25"``,
@@ -294,7 +331,9 @@ def _chosen_raw(boosters: dict[int, Any], stacked: _Stacked) -> tuple[np.ndarray
     return chosen, probs[stacked.starts[:-1] + chosen]
 
 
-def _fit(stacked: _Stacked, ids: Sequence[str], seed: int, calibration_folds: int, rounds: int) -> Ranker:
+def _fit(
+    stacked: _Stacked, ids: Sequence[str], seed: int, calibration_folds: int, rounds: int, parts: dict[str, float]
+) -> Ranker:
     n = len(stacked.starts) - 1
     k = min(calibration_folds, len(set(ids)))
     raw = np.empty((n, len(RADII_KM)))
@@ -325,9 +364,16 @@ def _fit(stacked: _Stacked, ids: Sequence[str], seed: int, calibration_folds: in
             "params": DEFAULT_PARAMS,
             "calibrated_on": calibrated_on,
             "lightgbm": _lightgbm().__version__,
-        }
+        },
+        "pool_parts": parts,
     }
     return Ranker(boosters, calibration, info)
+
+
+def _parts_share(pools: Sequence[Pool]) -> dict[str, float]:
+    """The share of ``pools`` holding each of `POOL_PARTS`."""
+    held = [pool_parts(p) for p in pools]
+    return {part: sum(h[part] for h in held) / len(held) for part in POOL_PARTS}
 
 
 def fit_ranker(
@@ -341,7 +387,8 @@ def fit_ranker(
     """
     if not pools:
         raise RankerError("no pools to fit the ranker on; give a pools.jsonl with labelled queries")
-    return _fit(_stack(pools, labelled=True), [p.id for p in pools], seed, calibration_folds, rounds)
+    parts = _parts_share(pools)
+    return _fit(_stack(pools, labelled=True), [p.id for p in pools], seed, calibration_folds, rounds, parts)
 
 
 # -- cross-validation ---------------------------------------------------------------------------------------
@@ -400,7 +447,7 @@ def cross_validate(
     assert stacked.distance_km is not None
     for f in range(folds):
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        ranker = _fit(_substack(stacked, train), [ids[i] for i in train], seed, calibration_folds, rounds)
+        ranker = _fit(_substack(stacked, train), [ids[i] for i in train], seed, calibration_folds, rounds, {})
         sub = _substack(stacked, test)
         chosen, raw = _chosen_raw(ranker.boosters, sub)
         assert sub.distance_km is not None
