@@ -6,10 +6,8 @@ it fails in seconds naming the files; ``--from`` takes files downloaded by hand.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from typing import Any
 
 import pytest
 from test_index_import import Official
-from test_official_checkpoint import REPLICA
+from test_official_checkpoint import official_replica
 from typer.testing import CliRunner
 
 from g3.agent import G3
@@ -42,21 +40,8 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> 
     from transformers import CLIPImageProcessor
 
     root = tmp_path_factory.mktemp("published")
-    pkg = root / "official_src" / "utils"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "G3.py").write_text(REPLICA)
-    sys.path.insert(0, str(pkg.parent))
-    try:
-        import torch
-
-        torch.manual_seed(0)
-        model = importlib.import_module("utils.G3").G3(str(tiny_clip_dir)).eval()
+    with official_replica(root, tiny_clip_dir) as model:
         yield Official(root, model, CLIPImageProcessor.from_pretrained(tiny_clip_dir), tiny_clip_dir)
-    finally:
-        sys.path.remove(str(pkg.parent))
-        for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-            del sys.modules[name]
 
 
 class FakeHub(ThreadingHTTPServer):

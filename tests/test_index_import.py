@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 from PIL import Image
-from test_official_checkpoint import REPLICA
+from test_official_checkpoint import official_replica
 from typer.testing import CliRunner
 
 from g3.cli import app
@@ -100,19 +98,8 @@ def official(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> I
     from transformers import CLIPImageProcessor
 
     root = tmp_path_factory.mktemp("official")
-    pkg = root / "official_src" / "utils"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "G3.py").write_text(REPLICA)
-    sys.path.insert(0, str(pkg.parent))
-    try:
-        torch.manual_seed(0)
-        model = importlib.import_module("utils.G3").G3(str(tiny_clip_dir)).eval()
+    with official_replica(root, tiny_clip_dir) as model:
         yield Official(root, model, CLIPImageProcessor.from_pretrained(tiny_clip_dir), tiny_clip_dir)
-    finally:
-        sys.path.remove(str(pkg.parent))
-        for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-            del sys.modules[name]
 
 
 def sha256(path: Path) -> str:

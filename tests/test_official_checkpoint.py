@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -99,22 +102,29 @@ REPLICA = textwrap.dedent(
 )
 
 
-@pytest.fixture()
-def official_model(tmp_path: Path, tiny_clip_dir: Path):  # type: ignore[no-untyped-def]
-    pytest.importorskip("pyproj")
-    pkg = tmp_path / "official_src" / "utils"
+@contextmanager
+def official_replica(root: Path, clip_dir: Path) -> Iterator[Any]:
+    """The replica's ``G3`` model (seed 0, eval mode) over the CLIP at ``clip_dir``, imported as the official
+    code imports it (``utils.G3`` from ``root/official_src``); the module is forgotten on exit."""
+    pkg = root / "official_src" / "utils"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "G3.py").write_text(REPLICA)
     sys.path.insert(0, str(pkg.parent))
     try:
         torch.manual_seed(0)
-        model = importlib.import_module("utils.G3").G3(str(tiny_clip_dir)).eval()
-        yield model
+        yield importlib.import_module("utils.G3").G3(str(clip_dir)).eval()
     finally:
         sys.path.remove(str(pkg.parent))
         for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
             del sys.modules[name]
+
+
+@pytest.fixture()
+def official_model(tmp_path: Path, tiny_clip_dir: Path) -> Iterator[Any]:
+    pytest.importorskip("pyproj")
+    with official_replica(tmp_path, tiny_clip_dir) as model:
+        yield model
 
 
 def pixels(n: int = 2) -> torch.Tensor:
