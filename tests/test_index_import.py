@@ -163,6 +163,24 @@ def test_verify_images_fails_on_a_shuffled_csv(official: Official, tmp_path: Pat
     assert len(index) == CORPUS and read_manifest(tmp_path / "out").build["placed"] == "copy"
 
 
+def test_a_known_sha256_spares_reading_a_linked_file_and_must_match_a_copy(
+    official: Official, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`g3 fetch official` has hashed the index already: a hard-linked file is not read again (the recorded
+    SHA-256 is the one given), and a copied file that does not hash to it is refused, nothing written."""
+    digest = sha256(official.index_file)
+    with pytest.raises(GeoIndexError, match=r"changed since it was checked: its SHA-256 is .*, not 0+"):
+        import_faiss_index(official.index_file, official.csv, official.aligner, tmp_path / "copy", progress=False,
+                           link="copy", known_sha256="0" * 64)  # fmt: skip
+    assert not (tmp_path / "copy").exists()
+    import g3.index.importer as importer
+
+    monkeypatch.setattr(importer, "_bar", lambda *a: pytest.fail(f"the linked file was read again: {a}"))
+    import_faiss_index(official.index_file, official.csv, official.aligner, tmp_path / "linked", progress=False,
+                       link="hardlink", known_sha256=digest, check_rows=64)  # fmt: skip
+    assert read_manifest(tmp_path / "linked").sources["index"].sha256 == digest
+
+
 # -- refusals: each names the problem ----------------------------------------------------------------
 
 

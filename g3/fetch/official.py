@@ -104,7 +104,9 @@ def fetch_official(
     if not (index_dir.is_dir() and record.get("index", {}).get("from_sha256") == index_sha):
         from g3.index.importer import import_faiss_index
 
-        index = import_faiss_index(index_file, metadata, aligner_dir, index_dir, progress=progress, link=link)
+        index = import_faiss_index(
+            index_file, metadata, aligner_dir, index_dir, progress=progress, link=link, known_sha256=index_sha
+        )
         record["index"] = {"from_sha256": index_sha, "rows": len(index), "dim": index.dim}
         write_record(folder, record)
         result.done.append("index")

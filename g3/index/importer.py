@@ -56,6 +56,7 @@ def import_faiss_index(
     link: LinkMode = "auto",
     check_rows: int = 4096,
     seed: int = 0,
+    known_sha256: str | None = None,
 ) -> GeoIndex:
     """Write the index folder ``out`` from a FAISS flat file and its row-aligned metadata CSV; return it loaded.
 
@@ -64,8 +65,9 @@ def import_faiss_index(
     ``auto`` (a hard link where the file system allows, else a streamed copy), ``hardlink``, ``copy`` or
     ``symlink``. ``check_rows`` rows (the first, the last and a random sample) are checked for finite,
     unit-norm thirds. With ``verify_images`` (a folder or tar of corpus photos), ``samples`` of them are
-    encoded and compared with their rows (cosine ≥ 0.999). Raises `GeoIndexError` naming the problem;
-    nothing is written then.
+    encoded and compared with their rows (cosine ≥ 0.999). ``known_sha256``: the FAISS file's SHA-256 when the
+    caller has just computed it (`g3 fetch official`): a linked file is then not read again, and a copied
+    one must match it. Raises `GeoIndexError` naming the problem; nothing is written then.
     """
     import torch
 
@@ -88,7 +90,9 @@ def import_faiss_index(
                 verification = verify_with_images(
                     flat, staging / METADATA_FILE, Path(verify_images), aligner, samples=samples, seed=seed
                 )
-        index_source, placed = place_file(faiss_file, staging / INDEX_FILE, link, progress=progress)
+        index_source, placed = place_file(
+            faiss_file, staging / INDEX_FILE, link, progress=progress, known_sha256=known_sha256
+        )
         files = {
             INDEX_FILE: FileEntry(bytes=index_source.bytes, sha256=index_source.sha256),
             METADATA_FILE: file_entry(staging / METADATA_FILE),
@@ -181,9 +185,12 @@ def _listed(rows: np.ndarray, limit: int = 5) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def place_file(source: Path, target: Path, link: LinkMode, *, progress: bool) -> tuple[SourceFile, str]:
+def place_file(
+    source: Path, target: Path, link: LinkMode, *, progress: bool, known_sha256: str | None = None
+) -> tuple[SourceFile, str]:
     """Put ``source`` at ``target`` (hard link, streamed copy or symbolic link) and describe it (size, SHA-256,
-    hashed block by block); returns the description and how it was placed."""
+    hashed block by block); returns the description and how it was placed. With ``known_sha256`` a linked
+    file is not read (the caller hashed it) and a copy must match it."""
     if link not in ("auto", "hardlink", "copy", "symlink"):
         raise ValueError(f"link must be auto, hardlink, copy or symlink, not {link!r}")
     placed = link
@@ -197,8 +204,10 @@ def place_file(source: Path, target: Path, link: LinkMode, *, progress: bool) ->
             placed = "copy"
     elif link == "symlink":
         target.symlink_to(source.resolve())
-    digest = hashlib.sha256()
     size = source.stat().st_size
+    if known_sha256 is not None and placed in ("hardlink", "symlink"):
+        return SourceFile(name=source.name, path=str(source.resolve()), bytes=size, sha256=known_sha256), placed
+    digest = hashlib.sha256()
     with (
         _bar(size, f"{'copy' if placed == 'copy' else 'sha256'} {source.name}", progress) as bar,
         source.open("rb") as src,
@@ -210,6 +219,11 @@ def place_file(source: Path, target: Path, link: LinkMode, *, progress: bool) ->
             if dst is not None:
                 dst.write(block)
             bar.update(len(block))
+    if known_sha256 is not None and digest.hexdigest() != known_sha256:
+        raise GeoIndexError(
+            f"{source} changed since it was checked: its SHA-256 is {digest.hexdigest()}, not {known_sha256}; "
+            "fetch or copy it again"
+        )
     if placed == "copy":
         shutil.copystat(source, target)
     entry = SourceFile(name=source.name, path=str(source.resolve()), bytes=size, sha256=digest.hexdigest())
