@@ -7,7 +7,7 @@ quick start, a whole pickled model in ``IndexSearch.py``) and writes/reads the i
 (``faiss.IndexFlatIP(768 * 3)``, one row per line of ``MP16_Pro_filtered.csv``).
 
 Not confirmed from here (this was written without access to the hub): the paths inside the repositories (taken
-from issue 14: ``g3.pth`` and ``g3.index`` at the root, ``metadata/MP16_Pro_filtered.csv``), a commit to pin,
+from the project's notes: ``g3.pth`` and ``g3.index`` at the root, ``metadata/MP16_Pro_filtered.csv``), a commit to pin,
 the exact sizes and the checksums. Hence ``revision`` is ``main`` and ``size``/``sha256`` are unset: the first
 download records the commit the hub resolved (``X-Repo-Commit``), the size and the SHA-256 in the bundle's
 ``fetch.json``, and later runs and resumed downloads stay on that commit. The hub's ETag of a large (LFS/Xet)
@@ -65,7 +65,7 @@ INDEX = HubFile(
     path="g3.index",
     revision="main",
     what="G3's MP16-Pro retrieval index (FAISS IndexFlatIP of 2304-d keys)",
-    approx_size="about 38 GB (issue 14's figure: ~4.1M rows x 9,216 bytes)",
+    approx_size="about 38 GB (4.12M rows x 9,216 bytes)",
 )
 METADATA = HubFile(
     key="metadata",
