@@ -99,8 +99,8 @@ def test_gallery_candidates_count_as_generated_in_the_pool_rule() -> None:
 
     gallery = [{"lat": PARIS[0] + 0.01 * i, "lon": PARIS[1], "source": "gallery", "rank": i} for i in range(5)]
     top = {"lat": TOKYO[0], "lon": TOKYO[1], "source": "retrieval", "rank": 0}
-    pool = Pool.model_validate(
-        {"id": "q", "candidates": [top, *gallery], "neighbours": [TOKYO, ROME, (0.0, 0.0), (10.0, 10.0), (20.0, 20.0)]}
-    )
+    # fillers far from Europe: within the 2,500 km region kernel they would tip the region to Rome, not Paris
+    fillers = [(-40.0, -70.0), (-30.0, 150.0), (-10.0, -140.0)]
+    pool = Pool.model_validate({"id": "q", "candidates": [top, *gallery], "neighbours": [TOKYO, ROME, *fillers]})
     point = cluster(pool)
     assert point is not None and abs(point[0] - PARIS[0]) < 0.05 and point[1] == PARIS[1]

@@ -112,18 +112,27 @@ def test_one_answer_setting_resembles_the_issues_held_back_measurements(truths: 
         assert np.abs(simulated - np.array(row)).max() <= 10.0, (rule, simulated.round(1), row)
 
 
-@pytest.mark.parametrize("setting", ["paper", "strong_lmm", "weak_lmm", "gallery"])
+@pytest.mark.parametrize("setting", ["paper", "strong_lmm", "weak_lmm", "gallery", "one_answer"])
 def test_cluster_rule_keeps_top1_precision_and_beats_g3_rule(setting: str, truths: Truths, gallery: np.ndarray) -> None:
-    """Never below top-1 at 1 km with an LMM's answers; above G3's rule at 25 km and beyond with the paper's
-    LMM or a stronger one. Where the README says it is not so, less is checked: on gallery pools (no LMM)
-    the rule is level with top-1 at 1 km (a few photos either way), and with a weak LMM or gallery
-    candidates G3's rule ties or wins at 750 km and beyond (the photo's vector knows the region)."""
+    """With G3's ensemble of LMM answers (paper, weak or strong LMM): never below top-1 at 1 km, above G3's
+    rule at 25 km and beyond. The two exceptions the README names, checked as what they are: on gallery
+    pools (no LMM) it is level with G3's rule at 750 and 2500 km (the photo's vector knows the region) and,
+    like one_answer pools (one LMM answer, no embeddings: G3's rule does not apply), level with top-1 at
+    1 km (within 1 point either way; gallery: 8.7 against 9.3 on these 300 photos, 10.6 against 10.5 on 1,000)."""
     pools = _pools(setting, truths, gallery, 300, offset=TEST_OFFSET)
-    cluster, top1, g3 = (_rule(name, pools) for name in ("cluster", "top1_neighbour", "g3_embedding"))
-    if setting != "gallery":
+    cluster, top1 = _rule("cluster", pools), _rule("top1_neighbour", pools)
+    if setting in ("gallery", "one_answer"):
+        assert abs(cluster[0] - top1[0]) <= 0.01, (cluster, top1)
+    else:
         assert cluster[0] >= top1[0], (cluster, top1)
-    checked = slice(1, None) if setting in ("paper", "strong_lmm") else slice(1, 3)
-    assert (cluster[checked] > g3[checked]).all(), (cluster, g3)
+    if setting == "one_answer":
+        return
+    g3 = _rule("g3_embedding", pools)
+    if setting == "gallery":
+        assert (cluster[1:3] > g3[1:3]).all(), (cluster, g3)
+        assert (np.abs(cluster[3:] - g3[3:]) <= 0.01).all(), (cluster, g3)
+    else:
+        assert (cluster[1:] > g3[1:]).all(), (cluster, g3)
 
 
 def test_ranker_beats_every_fixed_rule_on_a_held_out_setting(held_out: Answers) -> None:

@@ -19,6 +19,12 @@ point with the most mass around it is seldom the exact one. `cluster_select` sep
 
 So when the top neighbour sits in the densest cluster the answer *is* the top neighbour, and the rule can
 only differ from top-1 when the other evidence gathers elsewhere. Coordinates only, no model.
+
+Defaults (`ClusterParams`, chosen on simulated pools, `bench/verify.py`): the region at a 2,500 km scale
+with a 750 km radius and ``region_top_ratio`` 1 (the densest region wins; the top photo's only when it is
+at least as dense), the cluster at 25 km with a 50 km radius and ``top_ratio`` 0.35 (inside the region the
+top photo stays the centre unless another point is about three times as dense), ``fine_km`` 1,
+``neighbour_weight`` 1.
 Coordinates are ``(lat, lon)`` in degrees; distances and scales in km.
 """
 
@@ -65,10 +71,10 @@ class ClusterParams:
     radius_km: float = 50.0
     fine_km: float = 1.0
     neighbour_weight: float = 1.0
-    top_ratio: float = 0.7
-    region_scale_km: float = 800.0
+    top_ratio: float = 0.35
+    region_scale_km: float = 2500.0
     region_radius_km: float = 750.0
-    region_top_ratio: float = 0.8
+    region_top_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("scale_km", "radius_km", "fine_km", "region_scale_km", "region_radius_km"):
