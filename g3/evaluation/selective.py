@@ -6,7 +6,7 @@ P(answer within r km) is compared with what happened:
 - a **reliability diagram**: predictions binned by stated probability (equal-width bins on [0, 1]), each
   bin's mean probability against the share of its answers really within r km;
 - the **expected calibration error** (ECE): Σ_b (n_b / N) · |hits_b − probability_b| over those bins
-  (the same bins as `g3.verify.calibration.expected_calibration_error`);
+  (`g3.verify.calibration.bin_sums` and `binned_ece`, as the ranker's cross-validation measures it);
 - a **risk–coverage curve**: answers sorted by stated probability, most confident first; keeping the top
   share c of them (the coverage) gives the accuracy of the kept answers at each c — what a user asking
   ``--min-confidence r=p`` trades (fewer answers, right more often).
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from g3.evaluation.metrics import Convention, distances_km
+from g3.verify.calibration import bin_sums, binned_ece
 
 #: Radii (km) of the confidences, as `GeoPrediction.confidence` keys them.
 RADII: tuple[str, ...] = ("25", "200", "750")
@@ -43,18 +44,14 @@ def reliability(probs: object, hits: object, bins: int = BINS) -> dict[str, Any]
         raise ValueError(f"reliability needs as many outcomes as probabilities (got {p.size} and {h.size}), not none")
     if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
         raise ValueError("stated probabilities must be finite and in [0, 1]")
-    which = np.clip((p * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    prob_sum = np.bincount(which, weights=p, minlength=bins)
-    hit_sum = np.bincount(which, weights=h, minlength=bins)
+    count, prob_sum, hit_sum = bin_sums(p, h, bins)
     rows = [
         {"low": b / bins, "high": (b + 1) / bins, "n": int(count[b]),
          "probability": float(prob_sum[b] / count[b]) if count[b] else None,
          "accuracy": float(hit_sum[b] / count[b]) if count[b] else None}
         for b in range(bins)
     ]  # fmt: skip
-    ece = float(np.abs(hit_sum - prob_sum).sum() / p.size)
-    return {"bins": rows, "ece": ece, "n": int(p.size)}
+    return {"bins": rows, "ece": binned_ece(count, prob_sum, hit_sum), "n": int(p.size)}
 
 
 def risk_coverage(probs: object, hits: object) -> dict[str, Any]:

@@ -95,6 +95,19 @@ def fit_isotonic(raw: object, hits: object, *, prior: float = 0.5) -> Isotonic:
     return Isotonic(tuple(out_x), tuple(out_y))
 
 
+def bin_sums(probs: np.ndarray, hits: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width probability bin on [0, 1] (a probability of 1 falls in the last): the number of
+    predictions, the sum of their probabilities and the sum of their outcomes, each ``(bins,)``."""
+    which = np.clip((probs * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    return count, np.bincount(which, weights=probs, minlength=bins), np.bincount(which, weights=hits, minlength=bins)
+
+
+def binned_ece(count: np.ndarray, prob_sum: np.ndarray, hit_sum: np.ndarray) -> float:
+    """The expected calibration error from `bin_sums`: Σ_b (n_b / N) · |mean(hits_b) − mean(probs_b)|."""
+    return float(np.abs(hit_sum - prob_sum).sum() / count.sum())
+
+
 def expected_calibration_error(probs: object, hits: object, bins: int = 10) -> float:
     """Expected calibration error: Σ_b (n_b / N) · |mean(hits_b) − mean(probs_b)| over ``bins`` equal-width
     probability bins on [0, 1]. Raises `RankerError` for empty or mismatched inputs."""
@@ -104,7 +117,4 @@ def expected_calibration_error(probs: object, hits: object, bins: int = 10) -> f
         raise RankerError(f"ECE: needs as many probabilities as outcomes (≥ 1), got {len(p)} and {len(h)}")
     if bins < 1:
         raise RankerError(f"ECE: bins must be ≥ 1, got {bins}")
-    which = np.clip((p * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(which, minlength=bins).astype(np.float64)
-    gap = np.abs(np.bincount(which, weights=h, minlength=bins) - np.bincount(which, weights=p, minlength=bins))
-    return float(gap.sum() / count.sum())
+    return binned_ece(*bin_sums(p, h, bins))
