@@ -9,12 +9,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from g3.models import AlignerConfig, GeoAligner, RFFEncoderConfig
 from g3.models.tiny import build_tiny_clip
+
+if TYPE_CHECKING:
+    from g3.agent import G3
+
+#: The repository's root (configs/ lives there).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _shared_data() -> Path:
@@ -50,3 +58,13 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from g3.agent.tiny import ensure_tiny_assets
 
     return ensure_tiny_assets(tmp_path_factory.mktemp("g3-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_g3(tiny_assets: Path) -> Iterator[G3]:
+    """The shipped tiny setting (configs/tiny.yaml) over the session's tiny assets, built once per session."""
+    from g3.agent import G3, G3Config
+
+    config = G3Config.load(REPO / "configs" / "tiny.yaml").model_copy(update={"cache_dir": str(tiny_assets.parent)})
+    with G3.from_config(config) as g3:
+        yield g3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from g3.agent import G3, G3Config
+from g3.agent import G3
 from g3.evaluation.datasets import EvalDataset, load_im2gps3k
 from g3.evaluation.pools import POOLS
 from g3.evaluation.runner import PREDICTIONS, read_predictions, run_evaluation
@@ -19,12 +19,6 @@ from g3.verify import read_pools
 IM2GPS3K = SHARED_DATA / "im2gps3k"
 needs_data = pytest.mark.skipif(not (IM2GPS3K / "images_cc_subset500").is_dir(), reason="shared IM2GPS3k data absent")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_g3(tiny_assets: Path) -> G3:
-    config = G3Config.load(ROOT / "configs" / "tiny.yaml").model_copy(update={"cache_dir": str(tiny_assets.parent)})
-    return G3.from_config(config)
 
 
 def small_dataset(tmp_path: Path, count: int) -> EvalDataset:

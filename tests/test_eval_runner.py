@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA
 from PIL import Image
 
-from g3.agent import G3, G3Config
+from g3.agent import G3
 from g3.evaluation.compare import compare_table
 from g3.evaluation.datasets import load_im2gps3k
 from g3.evaluation.distribution import run_distribution
@@ -20,12 +20,6 @@ from g3.evaluation.runner import PREDICTIONS, EvaluationError, read_predictions,
 IM2GPS3K = SHARED_DATA / "im2gps3k"
 needs_data = pytest.mark.skipif(not (IM2GPS3K / "images_cc_subset500").is_dir(), reason="shared IM2GPS3k data absent")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_g3(tiny_assets: Path) -> G3:
-    config = G3Config.load(ROOT / "configs" / "tiny.yaml").model_copy(update={"cache_dir": str(tiny_assets.parent)})
-    return G3.from_config(config)
 
 
 @pytest.mark.slow
