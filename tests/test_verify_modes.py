@@ -250,3 +250,20 @@ def test_eval_run_with_a_ranker_fitted_on_another_run(tiny_assets: Path, tmp_pat
         records = read_predictions(tmp_path / name / PREDICTIONS)
         assert len(records) == len(PHOTOS) and all((r["confidence"] is not None) == expected for r in records)
     assert all(set(r["confidence"]) == {"25", "200", "750"} for r in read_predictions(tmp_path / "run" / PREDICTIONS))
+
+
+class GarbageThenChoose(Chooser):
+    """Every ensemble answer is unparseable text; the rerank answers ``{"choice": 1}``."""
+
+    def __init__(self) -> None:
+        super().__init__('{"choice": 1}')
+        self.behaviour = "garbage"
+
+
+def test_a_rerank_pick_is_not_an_lmm_answer_for_the_degradation_check(parts: tuple[GeoAligner, GeoIndex]) -> None:
+    """Full mode with lmm_rerank: when no answer of the ensemble parses, the rerank's pick among the retrieved
+    places (source lmm_rerank) must not hide it — the prediction is degraded as no_parseable_answer."""
+    g3 = make_g3(parts, GarbageThenChoose(), verify={"mode": "lmm_rerank"})
+    prediction = g3.locate(PHOTO)
+    assert prediction.source == "lmm_rerank"  # the rerank did choose
+    assert "no_parseable_answer" in [d.reason for d in prediction.degradations] and prediction.degraded

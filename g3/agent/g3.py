@@ -21,8 +21,10 @@ from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMBackend, LMMResponse
 from g3.lmm.batching import BatchingBackend
 from g3.lmm.prompts import load_template
+from g3.lmm.rerank import RERANK_TAG
 from g3.models import GeoAligner
 from g3.verify import Pool
+from g3.verify.pools import RANKED_SOURCES
 
 if TYPE_CHECKING:
     from g3.verify.ranker import Ranker
@@ -284,7 +286,9 @@ class G3:
         degradations = assess(
             self.config.pipeline.mode,
             responses,
-            generated=sum(c.source != "retrieval" for c in state.get("candidates", [])),
+            generated=sum(
+                c.source not in RANKED_SOURCES and c.source != RERANK_TAG for c in state.get("candidates", [])
+            ),  # the LMM's own answers: neither retrieved/gallery points nor the rerank's pick among them
             parse=state.get("parse"),
             endpoint=backend.endpoint if backend is not None else "none",
         )
