@@ -103,11 +103,12 @@ def import_faiss_index(
             "metadata_columns": list(meta.columns),
             "verify_images": verification,
         }
+        fingerprint = aligner.fingerprint()
         manifest = new_manifest(
             rows=flat.rows,
             dim=flat.dim,
             kind="Flat",
-            fingerprint=aligner.fingerprint(),
+            fingerprint=fingerprint,
             aligner_config=aligner.config.model_dump(mode="json"),
             build_seconds=round(time.perf_counter() - started, 3),
             build={"imported": True, "placed": placed, "checked_rows": checked["rows"],
@@ -119,7 +120,7 @@ def import_faiss_index(
         atomic_write_json(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
         atomic_write_json(staging / IMPORT_REPORT, report)
     log.info("imported %s (%d rows, %s) as %s", faiss_file, flat.rows, placed, out)
-    return GeoIndex.load(out, aligner=aligner)
+    return GeoIndex.load(out, fingerprint=fingerprint)  # the fingerprint hashes every weight: once is enough
 
 
 def _aligner(checkpoint: str | os.PathLike[str] | GeoAligner) -> GeoAligner:
