@@ -182,7 +182,9 @@ class G3:
         return self.prediction(state), self.pool(state)
 
     def pool(self, state: LocateState) -> Pool:
-        """The candidate pool of a finished graph state (see `alocate_with_pool`)."""
+        """The candidate pool of a finished graph state (see `alocate_with_pool`); the ranker's when it ran."""
+        if "pool" in state:
+            return state["pool"]
         from g3.agent.pooling import state_pool
 
         return state_pool(state, self.runtime.aligner)

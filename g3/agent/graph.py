@@ -31,7 +31,7 @@ from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse
 from g3.lmm.batching import generate_with_timeout
 from g3.lmm.parse import ParseStats
 from g3.models import GeoAligner
-from g3.verify import Candidate, ScoredCandidate
+from g3.verify import Candidate, Pool, ScoredCandidate
 
 if TYPE_CHECKING:
     from g3.verify.ranker import Ranker
@@ -53,6 +53,7 @@ class LocateState(TypedDict, total=False):
     ranked: list[ScoredCandidate]
     rerank: steps.Reranked  # verify.mode lmm_rerank: the LMM's choice (or why it failed)
     confidence: dict[str, float] | None  # verify.ranker: the answer's calibrated P(within r km)
+    pool: Pool  # verify.ranker: the pool the ranker scored (the query's final candidates)
     address: dict[str, str] | None
     warnings: Annotated[list[str], operator.add]
     timings: Annotated[dict[str, float], _merge]

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 def rank_state(state: Any, aligner: GeoAligner, ranker: Ranker) -> dict[str, Any]:
-    """The state update of the rank step: ``ranked`` re-ordered by the ranker, and ``confidence``."""
+    """The state update of the rank step: ``ranked`` re-ordered by the ranker, ``confidence``, and the ``pool``
+    it scored (the candidates do not change after this step, so `G3.pool` reuses it)."""
     candidates = state["candidates"]
     pool = state_pool(state, aligner)
     probabilities = ranker.probabilities(pool)
@@ -43,7 +44,7 @@ def rank_state(state: Any, aligner: GeoAligner, ranker: Ranker) -> dict[str, Any
         )
         for rank, i in enumerate(order)
     ]
-    update: dict[str, Any] = {"ranked": ranked, "confidence": ranker.calibrated(probabilities[order[0]])}
+    update: dict[str, Any] = {"ranked": ranked, "confidence": ranker.calibrated(probabilities[order[0]]), "pool": pool}
     shape = ranker.shape_warning(pool)
     if shape is not None:
         log.warning("%s", shape)
