@@ -6,6 +6,7 @@ A reader never sees a half-written file, and an interrupted write leaves the old
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -124,3 +125,12 @@ def drop_partial_line(path: str | os.PathLike[str]) -> bool:
         fh.seek(0)
         fh.truncate(fh.read().rfind(b"\n") + 1)
     return True
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 8 MiB blocks (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

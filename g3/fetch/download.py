@@ -9,7 +9,6 @@ own ``hf_hub_download`` discards a partial file). Only a file whose size and SHA
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from g3.errors import FetchError, HubUnreachableError
+from g3.io import sha256_file
 
 if TYPE_CHECKING:
     from g3.fetch.registry import HubFile
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for the hub's answer about one file (a missing network fails at once or after this).
 METADATA_TIMEOUT_S = 10.0
 PART_SUFFIX = ".part"
-_HASH_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -152,15 +151,6 @@ def download(file: HubFile, remote: RemoteFile, target: Path, *, hub: str, expec
         )
     os.replace(part, target)
     return digest
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks (bounded memory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_disk_space(folder: Path, needed: int, file: HubFile) -> None:

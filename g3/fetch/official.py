@@ -30,9 +30,9 @@ from g3.agent.config import BUNDLE_CONFIG
 from g3.agent.official import default_official_dir
 from g3.configs import shipped_config
 from g3.errors import FetchError, HubUnreachableError
-from g3.fetch.download import download, endpoint, hub_offline, part_path, remote_file, sha256_file
+from g3.fetch.download import download, endpoint, hub_offline, part_path, remote_file
 from g3.fetch.registry import OFFICIAL_CLIP, OFFICIAL_FILES, HubFile
-from g3.io import atomic_folder, atomic_write_json, atomic_write_text
+from g3.io import atomic_folder, atomic_write_json, atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     from g3.fetch.download import RemoteFile

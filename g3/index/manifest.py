@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -10,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from g3.errors import GeoIndexError
+from g3.io import sha256_file
 
 FORMAT = "g3-geo-index"
 #: Version 2 added what imported and two-stage indexes need (``keys_built_by``, ``sources``, ``rerank``,
@@ -86,11 +86,7 @@ class IndexManifest(BaseModel):
 
 def file_entry(path: Path) -> FileEntry:
     """Size and SHA-256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(8 << 20):
-            digest.update(block)
-    return FileEntry(bytes=path.stat().st_size, sha256=digest.hexdigest())
+    return FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def read_manifest(folder: Path) -> IndexManifest:
