@@ -81,9 +81,13 @@ def _is_number(text: str) -> bool:
 
 def shortfalls(prediction: GeoPrediction, requirements: Mapping[str, float]) -> list[Shortfall]:
     """The requirements ``prediction`` misses (empty: it may be given as an answer)."""
+    return confidence_shortfalls(prediction.confidence, requirements)
+
+
+def confidence_shortfalls(confidence: Mapping[str, float] | None, requirements: Mapping[str, float]) -> list[Shortfall]:
+    """The requirements an answer with this ``confidence`` (radius → probability; None: no ranker) misses."""
     missed = []
     for radius, needed in requirements.items():
-        confidence = prediction.confidence
         probability = None if confidence is None else confidence.get(radius)
         if probability is None:
             message = (f"no calibrated probability of lying within {radius} km (no fitted ranker chose this answer: "

@@ -45,11 +45,10 @@ def _one_line(text: str) -> str:
 
 def _still_withheld(row: Mapping[str, str], requirements: Mapping[str, float]) -> bool:
     """Whether a withheld row's recorded probabilities miss one of ``requirements``."""
-    for radius, needed in requirements.items():
-        recorded = row.get(f"p{radius}", "")
-        if not recorded or float(recorded) < needed:
-            return True
-    return False
+    from g3.agent.abstention import confidence_shortfalls
+
+    recorded = {radius: float(row[f"p{radius}"]) for radius in requirements if row.get(f"p{radius}")}
+    return bool(confidence_shortfalls(recorded, requirements))
 
 
 def result_row(

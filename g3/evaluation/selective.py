@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from g3.agent.abstention import RADII
 from g3.evaluation.metrics import Convention, distances_km
 from g3.verify.calibration import bin_sums, binned_ece
 
-#: Radii (km) of the confidences, as `GeoPrediction.confidence` keys them.
-RADII: tuple[str, ...] = ("25", "200", "750")
 #: Bins of the reliability diagram and the ECE.
 BINS = 10
 #: Coverages listed in the report's risk–coverage table.
