@@ -244,8 +244,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_name is None:
         return data
     base_path = (path.parent / str(base_name)).resolve()
-    if not base_path.is_file() and shipped_config(str(base_name)) is not None:
-        base_path = shipped_config(str(base_name)).resolve()  # type: ignore[union-attr]
+    shipped = None if base_path.is_file() else shipped_config(str(base_name))
+    if shipped is not None:
+        base_path = shipped.resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
