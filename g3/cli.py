@@ -407,13 +407,18 @@ def index_import(
     a sample of keys, streams the CSV to the metadata and memory-maps the vectors."""
     from g3.index.importer import import_faiss_index
 
-    if link not in ("auto", "hardlink", "copy", "symlink"):
-        raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
+    _check_link(link)
     index = import_faiss_index(faiss_file, metadata, _checkpoint(checkpoint), out, verify_images=verify_images,
                                samples=samples, progress=progress, link=link)  # type: ignore[arg-type]  # fmt: skip
     verified = index.manifest.build.get("verified_images", 0)
     note = f"; {verified} photos verified against their rows" if verified else ""
     typer.echo(f"wrote {out}: {len(index)} rows of width {index.dim} imported ({index.manifest.build['placed']}){note}")
+
+
+def _check_link(link: str) -> None:
+    """Refuse a --link value that `g3.index.importer.place_file` does not take (before anything loads)."""
+    if link not in ("auto", "hardlink", "copy", "symlink"):
+        raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
 
 
 @fetch_app.command("official")
@@ -441,8 +446,7 @@ def fetch_official_command(
     convert and import them, and write a bundle (g3.yaml) with the paper's settings. A second run is a no-op."""
     from g3.fetch.official import fetch_official
 
-    if link not in ("auto", "hardlink", "copy", "symlink"):
-        raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
+    _check_link(link)
     result = fetch_official(to, source=source, clip=clip, trust_pickle=trust_pickle, link=link,  # type: ignore[arg-type]
                             progress=progress)  # fmt: skip
     if not result.done:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,6 +36,7 @@ from g3.io import atomic_folder, atomic_write_json, atomic_write_text, sha256_fi
 
 if TYPE_CHECKING:
     from g3.fetch.download import RemoteFile
+    from g3.index.importer import LinkMode
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ DOWNLOADS = "downloads"
 ALIGNER = "aligner"
 INDEX = "index"
 RECORD_FORMAT = 1
-LinkMode = Literal["auto", "hardlink", "copy", "symlink"]
 
 
 @dataclass
