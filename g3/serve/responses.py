@@ -47,14 +47,19 @@ def answer_text(prediction: GeoPrediction, rank: int) -> str:
     text = f"{lead}{place} at {where} (relative score {c.score:.3f}, from {c.source}"
     text += f"; calibrated confidence {confidence})." if confidence else ")."
     if prediction.degraded:
-        reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
+        reasons, why = _degraded_parts(prediction)
         text = f"DEGRADED ({reasons}): {text}"
         if rank == 0:
-            why = " ".join(d.message.rstrip(".") + "." for d in prediction.degradations)
             text += f" This answer is degraded: {why}"
     if rank == 0 and prediction.warnings:
         text += " Note: " + " ".join(w.rstrip(".") + "." for w in prediction.warnings)
     return text
+
+
+def _degraded_parts(prediction: GeoPrediction) -> tuple[str, str]:
+    """A degraded prediction's reason codes (``"a, b"``, each once) and its messages as sentences."""
+    reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
+    return reasons, " ".join(d.message.rstrip(".") + "." for d in prediction.degradations)
 
 
 def missed(prediction: GeoPrediction, request: ChatCompletionRequest) -> list[Shortfall]:
@@ -70,8 +75,7 @@ def withheld_content(prediction: GeoPrediction, request: ChatCompletionRequest, 
     if confidence := confidence_text(prediction.confidence):
         text += f" Calibrated confidence of the withheld answer: {confidence}."
     if prediction.degraded:
-        reasons = ", ".join(dict.fromkeys(d.reason for d in prediction.degradations))
-        why_degraded = " ".join(d.message.rstrip(".") + "." for d in prediction.degradations)
+        reasons, why_degraded = _degraded_parts(prediction)
         text = f"DEGRADED ({reasons}): {text} The prediction is also degraded: {why_degraded}"
     return text
 
