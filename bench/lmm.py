@@ -40,9 +40,10 @@ from PIL import Image
 from timing import median_seconds
 
 from g3.lmm.base import LMMBackend, LMMRequest, encode_image
-from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests, paper_prompts
+from g3.lmm.prompts import EnsembleConfig, build_requests, paper_prompts
 from g3.lmm.tiny import build_tiny_llava, export_for_vllm
 from g3.lmm.transformers_backend import DTYPES, TransformersBackend
+from g3.neighbours import Neighbours
 
 SHARED = Path(os.environ.get("G3_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SHARED_PHOTOS = SHARED / "im2gps3k" / "images_cc_subset500"
@@ -69,7 +70,7 @@ def _ensemble(image: bytes, n: int, max_tokens: int) -> list[LMMRequest]:
     similar = centres[rng.integers(0, len(centres), 15)] + rng.normal(0, 0.5, (15, 2))
     dissimilar = np.column_stack([rng.uniform(-60, 60, 15), rng.uniform(-180, 180, 15)])
     config = EnsembleConfig(prompts=tuple(paper_prompts(samples=n)), max_tokens=max_tokens, seed=0)
-    return build_requests(config, image, Evidence(similar, dissimilar))
+    return build_requests(config, image, Neighbours(similar, np.zeros(15)), Neighbours(dissimilar, np.zeros(15)))
 
 
 def bench_image() -> bytes:

@@ -15,7 +15,10 @@ LAYERS = {
     "errors": 0,
     "io": 0,
     "lazy": 0,
+    "media": 0,  # what kind of image bytes hold (magic numbers), for the server and the LMM backends
     "geo": 1,
+    "neighbours": 1,  # one photo's retrieved neighbours: index → prompts → agent → JSON
+    "ray_support": 1,  # the generic Ray plumbing (session, actors, jobs) of index builds and evaluation runs
     "models": 2,
     "data": 2,
     "index": 3,

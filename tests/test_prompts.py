@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from g3.lmm.base import COORDINATE_SCHEMA
 from g3.lmm.prompts import (
     EnsembleConfig,
-    Evidence,
     PromptError,
     PromptSpec,
     build_requests,
@@ -23,13 +22,17 @@ from g3.lmm.prompts import (
     load_template,
     render_prompt,
 )
+from g3.neighbours import Neighbours
 
-EVIDENCE = Evidence(
-    similar=np.array([[10.0 + i, 20.0 + i] for i in range(20)]),
-    dissimilar=np.array([[-10.0 - i, -20.0 - i] for i in range(20)]),
-    similar_places=[f"Town{i}, Country{i}" for i in range(20)],
-    dissimilar_places=[f"Far{i}" for i in range(20)],
+SIMILAR = Neighbours(
+    np.array([[10.0 + i, 20.0 + i] for i in range(20)]),
+    np.zeros(20),
+    places=[f"Town{i}, Country{i}" for i in range(20)],
 )
+DISSIMILAR = Neighbours(
+    np.array([[-10.0 - i, -20.0 - i] for i in range(20)]), np.zeros(20), places=[f"Far{i}" for i in range(20)]
+)
+NONE = Neighbours.empty()
 IMAGE = b"\xff\xd8 jpeg bytes"
 PAIR = re.compile(r"\((-?\d+\.\d{4}), (-?\d+\.\d{4})\)")
 
@@ -52,7 +55,7 @@ def test_paper_defaults() -> None:
 
 
 def test_requests_carry_the_right_neighbours() -> None:
-    requests = build_requests(EnsembleConfig(seed=100), IMAGE, EVIDENCE)
+    requests = build_requests(EnsembleConfig(seed=100), IMAGE, SIMILAR, DISSIMILAR)
     assert [r.tag for r in requests] == ["zero_shot", "rag_5", "rag_10", "rag_15"]
     assert [r.seed for r in requests] == [100, 101, 102, 103]
     assert all(r.image == IMAGE and r.n == 10 and r.json_schema == COORDINATE_SCHEMA for r in requests)
@@ -68,40 +71,40 @@ def test_requests_carry_the_right_neighbours() -> None:
 
 def test_place_names_and_short_evidence() -> None:
     spec = PromptSpec(name="rag", k_similar=3, k_dissimilar=1, with_place_names=True)
-    text = render_prompt(spec, EVIDENCE)
+    text = render_prompt(spec, SIMILAR, DISSIMILAR)
     assert "(10.0000, 20.0000) Town0, Country0" in text and "Far0" in text and "Town3" not in text
-    few = Evidence(np.array([[1.0, 2.0], [np.nan, np.nan]]), np.zeros((0, 2)))
-    text = render_prompt(PromptSpec(name="rag", k_similar=5, k_dissimilar=5), few)
+    few = Neighbours(np.array([[1.0, 2.0], [np.nan, np.nan]]), np.zeros(2))
+    text = render_prompt(PromptSpec(name="rag", k_similar=5, k_dissimilar=5), few, NONE)
     assert PAIR.findall(text) == [("1.0000", "2.0000")]  # only the valid neighbours there are
     assert "look different" not in text
 
 
 def test_structured_output_off_and_validation() -> None:
-    requests = build_requests(EnsembleConfig(structured_output=False), IMAGE, EVIDENCE)
+    requests = build_requests(EnsembleConfig(structured_output=False), IMAGE, SIMILAR, DISSIMILAR)
     assert all(r.json_schema is None for r in requests)
     with pytest.raises(ValidationError, match="unique"):
         EnsembleConfig(prompts=(PromptSpec(name="a"), PromptSpec(name="a")))
     with pytest.raises(ValidationError, match="is not a folder"):
         EnsembleConfig(prompt_dir=Path("/no/such/folder"))
     with pytest.raises(PromptError, match=r"\['rag_5', 'rag_10', 'rag_15'\] show retrieved neighbours"):
-        build_requests(EnsembleConfig(), IMAGE, Evidence.none())
+        build_requests(EnsembleConfig(), IMAGE, NONE, NONE)
     zero_shot_only = EnsembleConfig(prompts=(PromptSpec(name="zs", template="zero_shot.j2"),))
-    assert len(build_requests(zero_shot_only, IMAGE, Evidence.none())) == 1
+    assert len(build_requests(zero_shot_only, IMAGE, NONE, NONE)) == 1
 
 
 def test_custom_prompt_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.j2").write_text("Guess where. {% for n in similar %}[{{ n.lat }}]{% endfor %} k={{ k_similar }}")
     config = EnsembleConfig(prompt_dir=tmp_path, prompts=(PromptSpec(name="mine", template="mine.j2", k_similar=2),))
-    assert build_requests(config, IMAGE, EVIDENCE)[0].prompt == "Guess where. [10.0][11.0] k=2"
+    assert build_requests(config, IMAGE, SIMILAR, DISSIMILAR)[0].prompt == "Guess where. [10.0][11.0] k=2"
     # an edited template is picked up (the cache follows the file's modification time)
     (tmp_path / "mine.j2").write_text("Changed {{ k_similar }}")
     os.utime(tmp_path / "mine.j2", ns=(1, 1))
-    assert build_requests(config, IMAGE, EVIDENCE)[0].prompt == "Changed 2"
+    assert build_requests(config, IMAGE, SIMILAR, DISSIMILAR)[0].prompt == "Changed 2"
     with pytest.raises(PromptError, match=r"'rag\.j2' not found in .* \(available: \['mine\.j2'\]\)"):
-        render_prompt(PromptSpec(name="x"), EVIDENCE, tmp_path)
+        render_prompt(PromptSpec(name="x"), SIMILAR, DISSIMILAR, tmp_path)
     (tmp_path / "broken.j2").write_text("{% for n in similar %} unclosed")
     with pytest.raises(PromptError, match="cannot be rendered"):
-        render_prompt(PromptSpec(name="b", template="broken.j2"), EVIDENCE, tmp_path)
+        render_prompt(PromptSpec(name="b", template="broken.j2"), SIMILAR, DISSIMILAR, tmp_path)
 
 
 def test_shipped_templates_and_cli_export(tmp_path: Path) -> None:
@@ -130,7 +133,8 @@ def test_rendering_gives_llama_index_rich_prompt_template_text(tmp_path: Path) -
                        "k_similar": k, "k_dissimilar": k}  # fmt: skip
             expected = RichPromptTemplate(path.read_text()).format(**context)
             assert load_template(path.name, path.parent).text(context) == expected
-    assert render_prompt(PromptSpec(name="x", template="x.j2", k_similar=2), EVIDENCE, tmp_path) == "10.0,\n11.0"
+    x = PromptSpec(name="x", template="x.j2", k_similar=2)
+    assert render_prompt(x, SIMILAR, DISSIMILAR, tmp_path) == "10.0,\n11.0"
     (tmp_path / "chat.j2").write_text('{% chat role="user" %}Where?{% endchat %}')
     with pytest.raises(PromptError, match="chat blocks"):
-        render_prompt(PromptSpec(name="c", template="chat.j2"), EVIDENCE, tmp_path)
+        render_prompt(PromptSpec(name="c", template="chat.j2"), SIMILAR, DISSIMILAR, tmp_path)

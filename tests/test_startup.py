@@ -48,7 +48,8 @@ def heavy_loaded_by(code: str) -> set[str]:
         "import g3.agent, g3.data, g3.evaluation, g3.index, g3.lmm, g3.models, g3.train",
         "from g3.agent import G3Config; G3Config.load('configs/tiny.yaml')",
         "from g3.data.query_image import load_query_image",
-        "from g3.lmm.prompts import Evidence as E, paper_prompts as p, render_prompt as r; r(p()[0], E.none())",
+        "from g3.lmm.prompts import paper_prompts as p, render_prompt as r; from g3.neighbours import Neighbours as N; "
+        "r(p()[0], N.empty(), N.empty())",
     ],
 )
 def test_start_up_imports_nothing_heavy(code: str) -> None:

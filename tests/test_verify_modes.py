@@ -16,13 +16,14 @@ from conftest import SHARED_DATA
 from scripted import ScriptedLMM
 
 from g3.agent import G3, G3Config
-from g3.agent.steps import QueryViews, RetrievedSet, cluster_candidates
+from g3.agent.steps import QueryViews, cluster_candidates
 from g3.index import GeoIndex
 from g3.lmm.base import LMMRequest, LMMResponse, Usage
 from g3.lmm.batching import BatchingBackend
 from g3.lmm.prompts import PromptError
 from g3.lmm.rerank import RerankError, parse_choice, rerank_schema
 from g3.models import GeoAligner
+from g3.neighbours import Neighbours
 from g3.verify import Candidate, VerifyConfig
 from g3.verify.features import FEATURES, pool_features
 from g3.verify.rules import cluster_select
@@ -96,7 +97,7 @@ def test_cluster_mode_snaps_to_a_retrieved_photo_that_was_no_candidate(parts: tu
     views = QueryViews(clip=gps, text_aligned=gps, gps_aligned=gps)
     paris = [(48.8566, 2.3522), (48.8600, 2.3400), (48.8500, 2.3600)]
     # the top retrieved photo is in Tokyo, alone; the next three are in Paris, where the LMM's answers gather
-    similar = RetrievedSet(np.array([(35.68, 139.69), (48.8584, 2.2945), *paris[:2]]), np.array([0.9, 0.8, 0.7, 0.6]))
+    similar = Neighbours(np.array([(35.68, 139.69), (48.8584, 2.2945), *paris[:2]]), np.array([0.9, 0.8, 0.7, 0.6]))
     candidates = [Candidate(lat, lon, "rag_5", i) for i, (lat, lon) in enumerate(paris)]
     candidates.append(Candidate(35.68, 139.69, "retrieval", 0, 0.9))
     verified = cluster_candidates(candidates, views, aligner, similar, VerifyConfig(mode="cluster"))

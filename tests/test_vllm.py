@@ -31,9 +31,10 @@ from g3.lmm.base import LMMRequest, encode_image
 from g3.lmm.openai_backend import OpenAIBackend
 from g3.lmm.parse import parse_answers
 from g3.lmm.pool import OpenAIPoolBackend, ServerStats
-from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests
+from g3.lmm.prompts import EnsembleConfig, build_requests
 from g3.lmm.tiny import export_for_vllm
 from g3.lmm.vllm_server import VLLMServer, default_vllm_python
+from g3.neighbours import Neighbours
 
 pytestmark = pytest.mark.slow
 
@@ -89,17 +90,16 @@ def photo() -> bytes:
     return encode_image(Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)))
 
 
-EVIDENCE = Evidence(
-    similar=np.array([[48.85 + i * 0.01, 2.35] for i in range(15)]),
-    dissimilar=np.array([[-33.87, 151.21 + i * 0.01] for i in range(15)]),
-    similar_places=["Paris, Ile-de-France, France"] * 15,
+SIMILAR = Neighbours(
+    np.array([[48.85 + i * 0.01, 2.35] for i in range(15)]), np.zeros(15), places=["Paris, Ile-de-France, France"] * 15
 )
+DISSIMILAR = Neighbours(np.array([[-33.87, 151.21 + i * 0.01] for i in range(15)]), np.zeros(15))
 
 
 @needs_vllm
 def test_prompt_ensemble_with_structured_output(vllm_server: VLLMServer, vllm_model: Path) -> None:
     config = EnsembleConfig(max_tokens=96, seed=3)
-    requests = build_requests(config, photo(), EVIDENCE)
+    requests = build_requests(config, photo(), SIMILAR, DISSIMILAR)
     backend = OpenAIBackend(vllm_server.base_url, str(vllm_model))
     responses = backend.generate(requests)
     assert [r.tag for r in responses] == ["zero_shot", "rag_5", "rag_10", "rag_15"]
@@ -139,7 +139,7 @@ def test_wrong_model_name_is_an_error_response(vllm_server: VLLMServer) -> None:
 
 @needs_vllm
 def test_in_process_vllm_backend(vllm_model: Path, tmp_path: Path) -> None:
-    requests = build_requests(EnsembleConfig(max_tokens=48, seed=7), photo(), EVIDENCE)
+    requests = build_requests(EnsembleConfig(max_tokens=48, seed=7), photo(), SIMILAR, DISSIMILAR)
     specs = [
         {**{f: getattr(r, f) for f in ("prompt", "n", "temperature", "max_tokens", "json_schema", "seed", "tag")},
          "image": base64.b64encode(r.image).decode()}

@@ -9,22 +9,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from g3.agent import official, tiny
-from g3.agent.config import BUNDLE_CONFIG, G3Config, LMMConfig
-from g3.agent.degradation import assess, rerank_failed
+from g3.agent.answer import pool_of, prediction_of
+from g3.agent.config import BUNDLE_CONFIG, G3Config
 from g3.agent.graph import G3Runtime, LocateState, build_graph
-from g3.agent.prediction import GeoPrediction, LMMUsage, Neighbour, RankedCandidate
+from g3.agent.prediction import GeoPrediction
+from g3.agent.progress import Step
 from g3.agent.sync import run_coroutine
 from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import load_query_image
 from g3.errors import BatchError
 from g3.index import GeoIndex, GPSGallery
-from g3.lmm.base import LMMBackend, LMMResponse
-from g3.lmm.batching import BatchingBackend
+from g3.io import default_cache_dir
+from g3.lmm.base import LMMBackend
 from g3.lmm.prompts import load_template
-from g3.lmm.rerank import RERANK_TAG
+from g3.lmm.registry import make_backend
 from g3.models import GeoAligner
 from g3.verify import Pool
-from g3.verify.pools import RANKED_SOURCES
 
 if TYPE_CHECKING:
     from g3.verify.ranker import Ranker
@@ -33,45 +33,6 @@ log = logging.getLogger(__name__)
 
 #: What `G3.locate` accepts: a path, encoded bytes, a PIL image or a numpy array.
 ImageInput = Any
-
-
-def make_backend(config: LMMConfig, cache_dir: Path | None = None) -> LMMBackend | None:
-    """The LMM backend a configuration names (wrapped in a micro-batcher), or None for ``backend: none``."""
-    import os
-
-    if config.backend == "none":
-        return None
-    model = tiny.resolve(config.model, cache_dir)
-    inner: LMMBackend
-    urls = config.base_urls
-    if config.backend == "openai" and len(urls) > 1:
-        from g3.lmm.pool import OpenAIPoolBackend
-
-        inner = OpenAIPoolBackend(urls, model, api_key=os.environ.get(config.api_key_env),
-                                  max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                                  attempt_timeout_s=config.attempt_timeout_s, max_retries=config.max_retries,
-                                  health_interval_s=config.health_interval_s,
-                                  backoff_max_s=config.backoff_max_s)  # fmt: skip
-    elif config.backend == "openai":
-        from g3.lmm.openai_backend import OpenAIBackend
-
-        inner = OpenAIBackend(urls[0], model, api_key=os.environ.get(config.api_key_env),
-                              max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                              max_retries=config.max_retries)  # fmt: skip
-    elif config.backend == "vllm":
-        from g3.lmm.vllm_backend import VLLMBackend
-
-        inner = VLLMBackend(model, **config.engine_args)
-    else:
-        import torch
-
-        from g3.lmm.transformers_backend import TransformersBackend
-
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        inner = TransformersBackend(model, device=device)
-    # in-process engines run one call at a time (batched inside); HTTP servers take calls concurrently
-    concurrent = config.max_concurrency * max(len(urls), 1) if config.backend == "openai" else 1
-    return BatchingBackend(inner, max_wait_ms=config.batch_window_ms, max_concurrent_calls=concurrent)
 
 
 class G3:
@@ -105,7 +66,7 @@ class G3:
     def from_config(cls, source: str | Path | dict[str, Any] | G3Config) -> G3:
         """Load aligner, index, gallery and LMM backend named by a config (YAML path, mapping or object)."""
         config = G3Config.load(source)
-        cache = Path(config.cache_dir) if config.cache_dir else None
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         official.check_assets(config)  # says which command gets the paper's assets before anything loads
         ranker = None
         if config.verify.ranker and config.pipeline.verification:  # a refused ranker fails before the models load
@@ -123,11 +84,12 @@ class G3:
         gallery = None
         if config.pipeline.mode == "gallery" and config.gallery:
             from g3.index.gallery import GPSGallery as _Gallery
+            from g3.index.gallery import gallery_cache_dir
 
-            gallery = _Gallery.from_source(config.gallery, aligner)
+            gallery = _Gallery.from_source(config.gallery, aligner, cache_dir=gallery_cache_dir(cache))
         backend = None
         if config.pipeline.mode == "full" or config.verify.mode == "lmm_rerank":
-            backend = make_backend(config.lmm, cache)
+            backend = make_backend(config.lmm.model_copy(update={"model": tiny.resolve(config.lmm.model, cache)}))
         if config.pipeline.mode == "full":
             for spec in config.effective_ensemble.prompts:  # read (and check) the templates now, not per query
                 load_template(spec.template, config.ensemble.prompt_dir)
@@ -140,7 +102,7 @@ class G3:
             assert config.pipeline.nominatim_user_agent is not None  # validated by G3Config
             geocoder = NominatimGeocoder(
                 config.pipeline.nominatim_user_agent,
-                cache_path=(cache or tiny.default_cache_dir()) / "nominatim-cache.json",
+                cache_path=cache / "nominatim-cache.json",
                 domain=config.pipeline.nominatim_domain,
             )
         return cls(config, aligner=aligner, index=index, gallery=gallery, backend=backend, geocoder=geocoder,
@@ -181,13 +143,13 @@ class G3:
         state = await self.graph.ainvoke(self._input(image), context=self.runtime)
         return self.prediction(state), self.pool(state)
 
+    def prediction(self, state: LocateState) -> GeoPrediction:
+        """The `GeoPrediction` of a finished graph state (`g3.agent.answer.prediction_of`)."""
+        return prediction_of(state, self.config, self.runtime.backend)
+
     def pool(self, state: LocateState) -> Pool:
         """The candidate pool of a finished graph state (see `alocate_with_pool`); the ranker's when it ran."""
-        if "pool" in state:
-            return state["pool"]
-        from g3.agent.pooling import state_pool
-
-        return state_pool(state, self.runtime.aligner)
+        return pool_of(state, self.runtime.aligner)
 
     async def alocate_batch(
         self,
@@ -235,21 +197,19 @@ class G3:
         return run_coroutine(self.alocate_batch(images, concurrency=concurrency, return_exceptions=return_exceptions,
                                                 with_pools=with_pools))  # fmt: skip
 
-    async def astream(self, image: ImageInput) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Step-by-step progress: yields ``(node name, its state update)`` as each step finishes, then
-        ``("prediction", {"prediction": GeoPrediction})``."""
-        state: dict[str, Any] = self._input(image)
-        async for chunk in self.graph.astream(state, context=self.runtime, stream_mode="updates"):
+    async def astream(self, image: ImageInput) -> AsyncIterator[tuple[Step, dict[str, Any]]]:
+        """Step-by-step progress: yields ``(Step, its state update)`` as each node finishes, then
+        ``(Step.PREDICTION, {"prediction": GeoPrediction})``, built from the graph's own final state."""
+        final: dict[str, Any] | None = None
+        modes = ["updates", "values"]
+        async for mode, chunk in self.graph.astream(self._input(image), context=self.runtime, stream_mode=modes):
+            if mode == "values":
+                final = chunk  # the whole state after each step: the last one is the finished state
+                continue
             for node, update in chunk.items():
-                for key, value in (update or {}).items():
-                    if key in ("responses", "warnings"):
-                        state[key] = state.get(key, []) + list(value)
-                    elif key == "timings":
-                        state[key] = {**state.get(key, {}), **value}
-                    else:
-                        state[key] = value
-                yield node, update or {}
-        yield "prediction", {"prediction": self.prediction(state)}  # type: ignore[arg-type]
+                yield Step(node), update or {}
+        assert final is not None  # LangGraph emits the state at least once (the input)
+        yield Step.PREDICTION, {"prediction": self.prediction(final)}  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release the LMM backend and save the geocoding cache."""
@@ -257,93 +217,6 @@ class G3:
             self.runtime.backend.close()
         if self.runtime.geocoder is not None:
             self.runtime.geocoder.close()
-
-    # -- result ---------------------------------------------------------------------------------------
-
-    def prediction(self, state: LocateState) -> GeoPrediction:
-        """Assemble the `GeoPrediction` from a finished graph state."""
-        ranked = state["ranked"]
-        best = ranked[0]
-        responses = state.get("responses", [])
-        backend = self.runtime.backend
-        similar = state.get("similar")
-        dissimilar = state.get("dissimilar")
-
-        def neighbours(found: Any) -> list[Neighbour]:
-            if found is None:
-                return []
-            return [
-                Neighbour(img_id=found.ids[i] if i < len(found.ids) else None, lat=float(lat), lon=float(lon),
-                          score=float(found.scores[i]), place=found.places[i] if i < len(found.places) else "")
-                for i, (lat, lon) in enumerate(found.coordinates)
-            ]  # fmt: skip
-
-        timings = dict(state.get("timings", {}))
-        per_prompt = [v for k, v in timings.items() if k.startswith("generate:")]
-        if per_prompt:
-            timings["generate"] = max(per_prompt)
-        warnings = list(state.get("warnings", []))
-        if self.config.note:
-            warnings.append(self.config.note)
-        degradations = assess(
-            self.config.pipeline.mode,
-            responses,
-            generated=sum(
-                c.source not in RANKED_SOURCES and c.source != RERANK_TAG for c in state.get("candidates", [])
-            ),  # the LMM's own answers: neither retrieved/gallery points nor the rerank's pick among them
-            parse=state.get("parse"),
-            endpoint=backend.endpoint if backend is not None else "none",
-        )
-        reranked = state.get("rerank")
-        raw_answers = self._raw_answers(responses)
-        tokens = [r.usage for r in responses]
-        if reranked is not None:  # verify.mode lmm_rerank: its raw answer and tokens are reported with the prompts'
-            raw_answers[reranked.response.tag] = list(reranked.response.texts)
-            tokens.append(reranked.response.usage)
-            if reranked.error is not None:
-                degradations.append(rerank_failed(reranked.error, backend.endpoint if backend else "none"))
-        return GeoPrediction(
-            lat=best.candidate.lat,
-            lon=best.candidate.lon,
-            score=float(best.score),
-            source=best.candidate.source,
-            address=state.get("address"),
-            candidates=[
-                RankedCandidate(
-                    lat=s.candidate.lat,
-                    lon=s.candidate.lon,
-                    source=s.candidate.source,
-                    sample=s.candidate.sample,
-                    score=float(s.score),
-                    components={k: float(v) for k, v in s.components.items()},
-                    rank=s.rank,
-                )
-                for s in ranked
-            ],
-            similar=neighbours(similar),
-            dissimilar=neighbours(dissimilar),
-            usage=LMMUsage(
-                backend=backend.name if backend is not None else None,
-                prompts=len(responses),
-                failed_prompts=sum(not r.ok for r in responses),
-                prompt_tokens=sum(u.prompt_tokens for u in tokens),
-                completion_tokens=sum(u.completion_tokens for u in tokens),
-            ),
-            parse=state["parse"].to_dict() if "parse" in state else {},
-            raw_answers=raw_answers,
-            timings=timings,
-            warnings=warnings,
-            mode=self.config.pipeline.mode,
-            note=self.config.note,
-            degradations=degradations,
-            confidence=state.get("confidence"),
-        )
-
-    def _raw_answers(self, responses: Sequence[LMMResponse]) -> dict[str, list[str]]:
-        """Each prompt's raw LMM texts (a failed prompt: none), in the ensemble's prompt order."""
-        order = {spec.name: i for i, spec in enumerate(self.config.effective_ensemble.prompts)}
-        ordered = sorted(responses, key=lambda r: order.get(r.tag, len(order)))
-        return {r.tag: list(r.texts) for r in ordered}
 
     def __enter__(self) -> G3:
         return self

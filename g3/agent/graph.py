@@ -24,6 +24,7 @@ from langgraph.types import Send
 
 from g3.agent import steps
 from g3.agent.config import G3Config
+from g3.agent.progress import Step
 from g3.data.geocode import NominatimGeocoder
 from g3.data.query_image import QueryImage
 from g3.index import GeoIndex, GPSGallery
@@ -31,6 +32,7 @@ from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse
 from g3.lmm.batching import generate_with_timeout
 from g3.lmm.parse import ParseStats
 from g3.models import GeoAligner
+from g3.neighbours import Neighbours
 from g3.verify import Candidate, Pool, ScoredCandidate
 
 if TYPE_CHECKING:
@@ -44,8 +46,8 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
 class LocateState(TypedDict, total=False):
     image: QueryImage
     views: steps.QueryViews
-    similar: steps.RetrievedSet
-    dissimilar: steps.RetrievedSet
+    similar: Neighbours
+    dissimilar: Neighbours
     requests: list[LMMRequest]
     responses: Annotated[list[LMMResponse], operator.add]  # one per parallel generate worker
     candidates: list[Candidate]
@@ -102,12 +104,13 @@ async def retrieve(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str,
     ctx = runtime.context
     ensemble = ctx.config.effective_ensemble
     assert ctx.index is not None  # guaranteed by the graph shape: retrieval modes need an index
+    k_similar, k_dissimilar = ensemble.retrieval_k(full=ctx.config.pipeline.mode == "full")
     similar, dissimilar = await asyncio.to_thread(
         steps.retrieve,
         ctx.index,
         state["views"],
-        k_similar=max(ensemble.max_k_similar, ensemble.retrieved_candidates, 1),
-        k_dissimilar=ensemble.max_k_dissimilar if ctx.config.pipeline.mode == "full" else 0,
+        k_similar=k_similar,
+        k_dissimilar=k_dissimilar,
         geo_alignment=ctx.config.pipeline.geo_alignment,
     )
     return {"similar": similar, "dissimilar": dissimilar}
@@ -117,7 +120,7 @@ async def gallery(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, 
     ctx = runtime.context
     assert ctx.gallery is not None  # guaranteed by the graph shape
     candidates = steps.gallery_candidates(ctx.gallery, state["views"], ctx.config.pipeline.gallery_k)
-    return {"candidates": candidates, "similar": steps.RetrievedSet.empty()}
+    return {"candidates": candidates, "similar": Neighbours.empty()}
 
 
 async def render(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
@@ -127,7 +130,7 @@ async def render(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, A
 
 def fan_out(state: LocateState) -> list[Send]:
     """One generate worker per prompt, running concurrently."""
-    return [Send("generate", GenerateTask(request=r)) for r in state["requests"]]
+    return [Send(Step.GENERATE.value, GenerateTask(request=r)) for r in state["requests"]]
 
 
 async def generate(task: GenerateTask, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
@@ -144,7 +147,7 @@ async def parse(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, An
 
 
 async def retrieval_only(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str, Any]:
-    count = max(runtime.context.config.ensemble.retrieved_candidates, 1)
+    count = runtime.context.config.ensemble.retrieved_count(answers=False)
     return {"candidates": steps.retrieval_candidates(state["similar"], count)}
 
 
@@ -193,49 +196,42 @@ async def describe(state: LocateState, runtime: Runtime[G3Runtime]) -> dict[str,
 
 
 def build_graph(config: G3Config) -> Any:
-    """The compiled graph for this configuration (nodes and edges depend on mode and ablations)."""
+    """The compiled graph for this configuration (nodes and edges depend on mode and ablations); its node names
+    are `Step` values."""
     graph = StateGraph(LocateState, context_schema=G3Runtime)
     mode = config.pipeline.mode
 
-    def add(name: str, fn: Node, **kwargs: Any) -> None:
-        graph.add_node(name, _timed(name, fn), **kwargs)  # type: ignore[call-overload]
+    def add(step: Step, fn: Node, **kwargs: Any) -> str:
+        graph.add_node(step.value, _timed(step.value, fn), **kwargs)  # type: ignore[call-overload]
+        return step.value
 
-    add("encode", encode)
-    graph.add_edge(START, "encode")
+    graph.add_edge(START, add(Step.ENCODE, encode))
     if mode == "gallery":
-        add("gallery", gallery)
-        graph.add_edge("encode", "gallery")
-        last = "gallery"
+        last = add(Step.GALLERY, gallery)
+        graph.add_edge(Step.ENCODE.value, last)
     else:
-        add("retrieve", retrieve)
-        graph.add_edge("encode", "retrieve")
+        graph.add_edge(Step.ENCODE.value, add(Step.RETRIEVE, retrieve))
         if mode == "full":
-            add("render", render)
-            graph.add_node("generate", generate, input_schema=GenerateTask)  # type: ignore[call-overload]
-            add("parse", parse)
-            graph.add_edge("retrieve", "render")
-            graph.add_conditional_edges("render", fan_out, ["generate"])
-            graph.add_edge("generate", "parse")
-            last = "parse"
+            add(Step.RENDER, render)
+            graph.add_node(Step.GENERATE.value, generate, input_schema=GenerateTask)  # type: ignore[call-overload]
+            last = add(Step.PARSE, parse)
+            graph.add_edge(Step.RETRIEVE.value, Step.RENDER.value)
+            graph.add_conditional_edges(Step.RENDER.value, fan_out, [Step.GENERATE.value])
+            graph.add_edge(Step.GENERATE.value, last)
         else:
-            add("candidates", retrieval_only)
-            graph.add_edge("retrieve", "candidates")
-            last = "candidates"
-    chooser = "verify" if config.pipeline.verification else "pick_random"
-    add(chooser, verify if config.pipeline.verification else pick_random)
+            last = add(Step.CANDIDATES, retrieval_only)
+            graph.add_edge(Step.RETRIEVE.value, last)
+    chooser = add(Step.VERIFY, verify) if config.pipeline.verification else add(Step.PICK_RANDOM, pick_random)
     graph.add_edge(last, chooser)
     if config.pipeline.verification and config.verify.mode == "lmm_rerank":
-        add("rerank", rerank)
-        graph.add_edge(chooser, "rerank")
-        chooser = "rerank"
+        graph.add_edge(chooser, add(Step.RERANK, rerank))
+        chooser = Step.RERANK.value
     if config.pipeline.verification and config.verify.ranker:
-        add("rank", rank)
-        graph.add_edge(chooser, "rank")
-        chooser = "rank"
+        graph.add_edge(chooser, add(Step.RANK, rank))
+        chooser = Step.RANK.value
     if config.pipeline.describe != "none":
-        add("describe", describe)
-        graph.add_edge(chooser, "describe")
-        graph.add_edge("describe", END)
+        graph.add_edge(chooser, add(Step.DESCRIBE, describe))
+        graph.add_edge(Step.DESCRIBE.value, END)
     else:
         graph.add_edge(chooser, END)
     return graph.compile()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,9 +20,10 @@ from g3.errors import G3Error
 from g3.index import GeoIndex, GPSGallery
 from g3.lmm.base import LMMRequest, LMMResponse
 from g3.lmm.parse import ParseStats, parse_answers
-from g3.lmm.prompts import EnsembleConfig, Evidence, build_requests
+from g3.lmm.prompts import EnsembleConfig, build_requests
 from g3.lmm.rerank import RERANK_TAG, RerankError, RerankOption, parse_choice, rerank_request
 from g3.models import GeoAligner
+from g3.neighbours import Neighbours
 from g3.verify import Candidate, ScoredCandidate, VerifyConfig, verify
 from g3.verify.rules import DEFAULT_CLUSTER_PARAMS, ClusterChoice, ClusterParams, cluster_select
 
@@ -43,20 +44,6 @@ class QueryViews:
         return np.concatenate([self.clip, np.zeros_like(self.text_aligned), np.zeros_like(self.gps_aligned)])
 
 
-@dataclass(frozen=True)
-class RetrievedSet:
-    """k neighbours of the photo, best first (for dissimilar ones: least similar first)."""
-
-    coordinates: np.ndarray  # (k, 2)
-    scores: np.ndarray  # (k,)
-    ids: list[str | None] = field(default_factory=list)
-    places: list[str] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls) -> RetrievedSet:
-        return cls(np.zeros((0, 2)), np.zeros(0))
-
-
 @torch.inference_mode()
 def encode_query(aligner: GeoAligner, image: QueryImage) -> QueryViews:
     """Embed the photo with the aligner."""
@@ -66,24 +53,12 @@ def encode_query(aligner: GeoAligner, image: QueryImage) -> QueryViews:
 
 def retrieve(
     index: GeoIndex, views: QueryViews, *, k_similar: int, k_dissimilar: int, geo_alignment: bool = True
-) -> tuple[RetrievedSet, RetrievedSet]:
+) -> tuple[Neighbours, Neighbours]:
     """The ``k_similar`` most similar and ``k_dissimilar`` least similar database images."""
     result = index.search(views.key(geo_alignment), max(k_similar, 1), dissimilar=k_dissimilar > 0,
                           dissimilar_k=k_dissimilar or None)  # fmt: skip
-
-    def pack(n: object) -> RetrievedSet:
-        rows = n.rows[0]  # type: ignore[attr-defined]
-        keep = rows >= 0
-        return RetrievedSet(
-            coordinates=n.coordinates[0][keep],  # type: ignore[attr-defined]
-            scores=n.scores[0][keep].astype(np.float64),  # type: ignore[attr-defined]
-            ids=[str(i) for i in n.ids[0][keep]],  # type: ignore[attr-defined]
-            places=[str(p) for p in index.place_names(rows[keep])],
-        )
-
-    similar = pack(result.similar)
-    dissimilar = pack(result.dissimilar) if result.dissimilar is not None else RetrievedSet.empty()
-    return similar, dissimilar
+    dissimilar = result.dissimilar.neighbours(0) if result.dissimilar is not None else Neighbours.empty()
+    return result.similar.neighbours(0), dissimilar
 
 
 def gallery_candidates(gallery: GPSGallery, views: QueryViews, k: int) -> list[Candidate]:
@@ -96,14 +71,13 @@ def gallery_candidates(gallery: GPSGallery, views: QueryViews, k: int) -> list[C
 
 
 def render_requests(
-    config: EnsembleConfig, image: QueryImage, similar: RetrievedSet, dissimilar: RetrievedSet
+    config: EnsembleConfig, image: QueryImage, similar: Neighbours, dissimilar: Neighbours
 ) -> list[LMMRequest]:
     """The prompt ensemble for the photo (one request per prompt)."""
-    evidence = Evidence(similar.coordinates, dissimilar.coordinates, similar.places, dissimilar.places)
-    return build_requests(config, image.data, evidence)
+    return build_requests(config, image.data, similar, dissimilar)
 
 
-def retrieval_candidates(similar: RetrievedSet, count: int) -> list[Candidate]:
+def retrieval_candidates(similar: Neighbours, count: int) -> list[Candidate]:
     """The top ``count`` retrieved coordinates as candidates (source ``"retrieval"``)."""
     return [
         Candidate(float(lat), float(lon), "retrieval", rank, float(score))
@@ -121,7 +95,7 @@ class CollectedCandidates:
 
 
 def collect_candidates(
-    responses: Sequence[LMMResponse], similar: RetrievedSet, config: EnsembleConfig
+    responses: Sequence[LMMResponse], similar: Neighbours, config: EnsembleConfig
 ) -> CollectedCandidates:
     """Parse every answer; keep the first ``candidates_per_prompt`` valid ones per prompt, add the top
     retrieved coordinates. Failed prompts and unparseable answers become warnings and counts, never points.
@@ -134,15 +108,12 @@ def collect_candidates(
     for response in sorted(responses, key=lambda r: r.tag):
         parsed, prompt_stats = parse_answers(response.texts)
         stats = stats + prompt_stats
-        kept = [(i, p) for i, p in enumerate(parsed) if p is not None][: config.candidates_per_prompt]
-        candidates.extend(Candidate(p.lat, p.lon, response.tag, i) for i, p in kept)
+        candidates.extend(Candidate(p.lat, p.lon, response.tag, i) for i, p in config.kept_answers(parsed))
     if stats.unparseable:
         warnings.append(f"{stats.unparseable} of {stats.answers} LMM answers could not be parsed and were dropped")
-    generated = len(candidates)
-    retrieved = retrieval_candidates(similar, config.retrieved_candidates)
-    if generated == 0:
+    if not candidates:
         warnings.append("no usable LMM answer: the answer comes from retrieval only")
-        retrieved = retrieved or retrieval_candidates(similar, 1)
+    retrieved = retrieval_candidates(similar, config.retrieved_count(answers=bool(candidates)))
     return CollectedCandidates(candidates + retrieved, stats, warnings)
 
 
@@ -150,7 +121,7 @@ def verify_candidates(
     candidates: Sequence[Candidate],
     views: QueryViews,
     aligner: GeoAligner,
-    similar: RetrievedSet,
+    similar: Neighbours,
     config: VerifyConfig,
 ) -> list[ScoredCandidate]:
     """G3's geo-verification of the candidates against the photo's GPS-aligned vector (+ consensus, …)."""
@@ -179,7 +150,7 @@ def cluster_candidates(
     candidates: Sequence[Candidate],
     views: QueryViews,
     aligner: GeoAligner,
-    similar: RetrievedSet,
+    similar: Neighbours,
     config: VerifyConfig,
     params: ClusterParams = DEFAULT_CLUSTER_PARAMS,
 ) -> Verified:

@@ -34,6 +34,7 @@ from g3.index.manifest import (
     read_manifest,
 )
 from g3.io import atomic_folder, atomic_write_json
+from g3.neighbours import Neighbours
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,8 +49,9 @@ TEXT_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country",
 
 
 @dataclass(frozen=True)
-class Neighbours:
-    """k neighbours of each of Q queries; every array is ``(Q, k)``, best first.
+class SearchHits:
+    """k neighbours of each of Q queries; every array is ``(Q, k)``, best first. `neighbours` gives one
+    query's as the `g3.neighbours.Neighbours` the rest of g3 uses.
 
     ``rows`` index the database (−1 where the index holds fewer than k rows; there lat/lon are NaN);
     ``scores`` are inner products with the query (for dissimilar neighbours: the lowest ones, lowest
@@ -72,13 +74,25 @@ class Neighbours:
         """``(Q, k, 2)`` (lat, lon) degrees."""
         return np.stack([self.lat, self.lon], axis=-1)
 
+    def neighbours(self, query: int = 0) -> Neighbours:
+        """Query ``query``'s neighbours, with their IMG_IDs, place names and rows (rows −1 left out)."""
+        keep = self.rows[query] >= 0
+        rows = self.rows[query][keep]
+        return Neighbours(
+            coordinates=np.stack([self.lat[query][keep], self.lon[query][keep]], axis=-1),
+            scores=self.scores[query][keep],
+            ids=[None if i is None else str(i) for i in self._index.column(rows, "IMG_ID")],
+            places=[str(p) for p in self._index.place_names(rows)],
+            index_rows=rows,
+        )
+
 
 @dataclass(frozen=True)
 class SearchResult:
     """Similar neighbours, and dissimilar ones when asked for."""
 
-    similar: Neighbours
-    dissimilar: Neighbours | None = None
+    similar: SearchHits
+    dissimilar: SearchHits | None = None
 
 
 class GeoIndex:
@@ -235,13 +249,13 @@ class GeoIndex:
         neg_scores, neg_rows = self.backend.search(-q, dissimilar_k or k)
         return SearchResult(similar, self._neighbours(neg_rows, -neg_scores))
 
-    def _neighbours(self, rows: np.ndarray, scores: np.ndarray) -> Neighbours:
+    def _neighbours(self, rows: np.ndarray, scores: np.ndarray) -> SearchHits:
         lat, lon = self._lat[rows], self._lon[rows]
         missing = rows < 0
         if missing.any():
             lat[missing] = np.nan
             lon[missing] = np.nan
-        return Neighbours(rows=rows, scores=scores, lat=lat, lon=lon, _index=self)
+        return SearchHits(rows=rows, scores=scores, lat=lat, lon=lon, _index=self)
 
     def column(self, rows: np.ndarray, name: str) -> np.ndarray:
         """Values of metadata column ``name`` at ``rows`` (any shape; −1 gives None), as an object array."""

@@ -1,10 +1,12 @@
-"""`GeoRetriever`: G3's retrieval step as a llama-index retriever.
+"""`GeoRetriever`: an adapter that shows G3's retrieval step to llama-index as a retriever.
 
-A query (a retrieval key, or an image the aligner turns into one) goes through one `GeoIndex.search`;
-each neighbour becomes a ``NodeWithScore`` whose text is its place name ("City, State, Country", or
-"lat, lon" when the place is unknown) and whose metadata carries its IMG_ID, row, coordinates, relation
-("similar" or "dissimilar") and rank. Similar nodes come first (most similar first), then the
-dissimilar ones (least similar first); scores are the inner products with the query.
+It is not a second retrieval path: a query (a retrieval key, or an image the aligner turns into one) goes
+through one `GeoIndex.search`, whose hits become `g3.neighbours.Neighbours` by the one conversion the agent
+uses too (`SearchHits.neighbours`); this module only wraps each neighbour as a ``NodeWithScore``. Its text
+is the place name ("City, State, Country", or "lat, lon" when the place is unknown), its metadata carries
+the IMG_ID, row, coordinates, relation ("similar" or "dissimilar") and rank. Similar nodes come first (most
+similar first), then the dissimilar ones (least similar first); scores are the inner products with the query.
+The agent itself does not use llama-index; benchmarks and llama-index pipelines do (`tests/test_retriever.py`).
 
 This module imports llama-index at import time; `g3.index` does not import this module.
 """
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from g3.errors import MissingDependencyError
-from g3.index.geo_index import GeoIndex, Neighbours
+from g3.index.geo_index import GeoIndex
+from g3.neighbours import Neighbours
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
@@ -119,46 +122,19 @@ class GeoRetriever(BaseRetriever):
         result = self.index.search(
             key, self.similar_k, dissimilar=dissimilar, dissimilar_k=self.dissimilar_k if dissimilar else None
         )
-        parts = [(SIMILAR, result.similar)]
+        parts = [(SIMILAR, result.similar.neighbours(0))]
         if result.dissimilar is not None:
-            parts.append((DISSIMILAR, result.dissimilar))
-        return self._nodes(parts)
+            parts.append((DISSIMILAR, result.dissimilar.neighbours(0)))
+        return [node for relation, found in parts for node in _nodes(relation, found)]
 
-    # -- internals --------------------------------------------------------------------------------
 
-    def _nodes(self, parts: list[tuple[str, Neighbours]]) -> list[NodeWithScore]:
-        """Nodes for the first query of each relation's neighbours, in order, skipping rows −1."""
-        rows = np.concatenate([n.rows[0] for _, n in parts])
-        scores = np.concatenate([n.scores[0] for _, n in parts])
-        lat = np.concatenate([n.lat[0] for _, n in parts])
-        lon = np.concatenate([n.lon[0] for _, n in parts])
-        relations = [relation for relation, n in parts for _ in range(n.rows.shape[1])]
-        ranks = [rank for _, n in parts for rank in range(n.rows.shape[1])]
-        keep = rows >= 0
-        if not keep.all():
-            index = np.flatnonzero(keep)
-            rows, scores, lat, lon = rows[index], scores[index], lat[index], lon[index]
-            relations = [relations[i] for i in index]
-            ranks = [ranks[i] for i in index]
-        # One metadata look-up per column for all nodes, then plain Python values.
-        ids = self.index.column(rows, "IMG_ID").tolist()
-        names = self.index.place_names(rows).tolist()
-        row_list, score_list = rows.tolist(), scores.astype(np.float64).tolist()
-        lat_list, lon_list = lat.tolist(), lon.tolist()
-        nodes: list[NodeWithScore] = []
-        for row, score, la, lo, img_id, name, relation, rank in zip(
-            row_list, score_list, lat_list, lon_list, ids, names, relations, ranks, strict=True
-        ):
-            metadata: dict[str, Any] = {
-                "img_id": img_id,
-                "row": row,
-                "lat": la,
-                "lon": lo,
-                "relation": relation,
-                "rank": rank,
-            }
-            text = name or f"{la:.5f}, {lo:.5f}"
-            nodes.append(
-                NodeWithScore(node=TextNode(id_=f"{relation}:{row}", text=text, metadata=metadata), score=score)
-            )
-        return nodes
+def _nodes(relation: str, found: Neighbours) -> list[NodeWithScore]:
+    """One node per neighbour, in order (``rank`` is the position among the relation's neighbours)."""
+    nodes: list[NodeWithScore] = []
+    for rank, (row, (lat, lon, score, place, img_id)) in enumerate(zip(found.index_rows.tolist(), found.rows(),
+                                                                       strict=True)):  # fmt: skip
+        metadata: dict[str, Any] = {"img_id": img_id, "row": row, "lat": lat, "lon": lon, "relation": relation,
+                                    "rank": rank}  # fmt: skip
+        text = place or f"{lat:.5f}, {lon:.5f}"
+        nodes.append(NodeWithScore(node=TextNode(id_=f"{relation}:{row}", text=text, metadata=metadata), score=score))
+    return nodes

@@ -12,20 +12,19 @@ from g3.lazy import lazy_exports
 if TYPE_CHECKING:
     from g3.lmm.base import COORDINATE_SCHEMA, LMMBackend, LMMRequest, LMMResponse, Usage, encode_image
     from g3.lmm.parse import ParsedAnswer, ParseStats, parse_answer, parse_answers
-    from g3.lmm.prompts import EnsembleConfig, Evidence, PromptSpec, build_requests, paper_prompts, render_prompt
+    from g3.lmm.prompts import EnsembleConfig, PromptSpec, build_requests, paper_prompts, render_prompt
 
 #: public name → its module, imported on first use (keeps this package's import light)
 _EXPORTS = {
     "g3.lmm.base": ("COORDINATE_SCHEMA", "LMMBackend", "LMMRequest", "LMMResponse", "Usage", "encode_image"),
     "g3.lmm.parse": ("ParsedAnswer", "ParseStats", "parse_answer", "parse_answers"),
-    "g3.lmm.prompts": ("EnsembleConfig", "Evidence", "PromptSpec", "build_requests", "paper_prompts", "render_prompt"),
+    "g3.lmm.prompts": ("EnsembleConfig", "PromptSpec", "build_requests", "paper_prompts", "render_prompt"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "COORDINATE_SCHEMA",
     "EnsembleConfig",
-    "Evidence",
     "LMMBackend",
     "LMMRequest",
     "LMMResponse",

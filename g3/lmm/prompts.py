@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from g3.errors import G3Error
-from g3.lmm.base import COORDINATE_SCHEMA, LMMRequest
+from g3.errors import PromptError
+from g3.lmm.base import COORDINATE_SCHEMA, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, LMMRequest
+from g3.neighbours import Neighbours
 
-
-class PromptError(G3Error):
-    """A prompt template that is missing or cannot be rendered."""
+T = TypeVar("T")
 
 
 class PromptSpec(BaseModel):
@@ -57,8 +55,8 @@ class EnsembleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompts: tuple[PromptSpec, ...] = Field(default_factory=lambda: tuple(paper_prompts()), min_length=1)
-    temperature: float = Field(default=1.2, ge=0, description="sampling temperature (G3: 1.2)")
-    max_tokens: int = Field(default=200, ge=1)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0, description="sampling temperature (G3: 1.2)")
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
     candidates_per_prompt: int = Field(default=5, ge=1, description="parsed answers per prompt verified (G3: 5)")
     retrieved_candidates: int = Field(default=1, ge=0, description="top retrieved coordinates verified (G3: 1)")
     structured_output: bool = Field(default=True, description="ask backends to constrain answers to the JSON schema")
@@ -87,20 +85,20 @@ class EnsembleConfig(BaseModel):
     def max_k_dissimilar(self) -> int:
         return max(p.k_dissimilar for p in self.prompts)
 
+    def retrieved_count(self, *, answers: bool = True) -> int:
+        """How many top retrieved coordinates join the candidates: ``retrieved_candidates``, or at least one
+        when there is no LMM answer to verify (``answers=False``: retrieval mode, or every prompt failed)."""
+        return self.retrieved_candidates if answers else max(self.retrieved_candidates, 1)
 
-@dataclass(frozen=True)
-class Evidence:
-    """Retrieved neighbours of one image, best first: coordinates ``(k, 2)`` and place names."""
+    def retrieval_k(self, *, full: bool) -> tuple[int, int]:
+        """``(k_similar, k_dissimilar)`` the retrieve step asks the index for: enough similar neighbours for the
+        RAG prompts and the retrieved candidates, and dissimilar ones only when the prompts run (``full``)."""
+        return max(self.max_k_similar, self.retrieved_count(answers=False)), self.max_k_dissimilar if full else 0
 
-    similar: np.ndarray
-    dissimilar: np.ndarray
-    similar_places: Sequence[str] = ()
-    dissimilar_places: Sequence[str] = ()
-
-    @classmethod
-    def none(cls) -> Evidence:
-        """No retrieval (zero-shot only)."""
-        return cls(np.zeros((0, 2)), np.zeros((0, 2)))
+    def kept_answers(self, parsed: Sequence[T | None]) -> list[tuple[int, T]]:
+        """The answers of one prompt that go to verification: the first ``candidates_per_prompt`` that parsed,
+        each with its sample index."""
+        return [(i, p) for i, p in enumerate(parsed) if p is not None][: self.candidates_per_prompt]
 
 
 def default_prompt_dir() -> Path:
@@ -144,22 +142,23 @@ def load_template(name: str, prompt_dir: Path | None = None) -> Any:
         raise PromptError(f"prompt template {path} cannot be rendered: {exc}") from exc
 
 
-def _neighbours(coords: np.ndarray, places: Sequence[str], k: int) -> list[dict[str, Any]]:
-    rows = [r for r in range(min(k, len(coords))) if np.isfinite(coords[r]).all()]
+def _shown(found: Neighbours, k: int) -> list[dict[str, Any]]:
+    """The template's view of the first ``k`` neighbours (those with finite coordinates)."""
     return [
-        {"lat": float(coords[r, 0]), "lon": float(coords[r, 1]), "place": places[r] if r < len(places) else ""}
-        for r in rows
+        {"lat": float(lat), "lon": float(lon), "place": place}
+        for (lat, lon), place in zip(found.coordinates[:k], found.places[:k], strict=True)
+        if np.isfinite(lat) and np.isfinite(lon)
     ]
 
 
-def render_prompt(spec: PromptSpec, evidence: Evidence, prompt_dir: Path | None = None) -> str:
-    """The text of one prompt for one image."""
+def render_prompt(spec: PromptSpec, similar: Neighbours, dissimilar: Neighbours, prompt_dir: Path | None = None) -> str:
+    """The text of one prompt for one image, showing its retrieved ``similar`` and ``dissimilar`` neighbours."""
     template = load_template(spec.template, prompt_dir)
     try:
         text = template.text(
             {
-                "similar": _neighbours(evidence.similar, evidence.similar_places, spec.k_similar),
-                "dissimilar": _neighbours(evidence.dissimilar, evidence.dissimilar_places, spec.k_dissimilar),
+                "similar": _shown(similar, spec.k_similar),
+                "dissimilar": _shown(dissimilar, spec.k_dissimilar),
                 "with_place_names": spec.with_place_names,
                 "k_similar": spec.k_similar,
                 "k_dissimilar": spec.k_dissimilar,
@@ -170,19 +169,21 @@ def render_prompt(spec: PromptSpec, evidence: Evidence, prompt_dir: Path | None 
     return str(text).strip()
 
 
-def build_requests(config: EnsembleConfig, image: bytes, evidence: Evidence) -> list[LMMRequest]:
+def build_requests(
+    config: EnsembleConfig, image: bytes, similar: Neighbours, dissimilar: Neighbours
+) -> list[LMMRequest]:
     """One `LMMRequest` per prompt of the ensemble for one image (tags = prompt names).
 
-    A RAG prompt shows up to its k neighbours (fewer when the evidence has fewer); a RAG prompt with no
-    evidence at all is an error (configure zero-shot prompts only when there is no retrieval).
+    A RAG prompt shows up to its k neighbours (fewer when there are fewer); a RAG prompt with no
+    neighbours at all is an error (configure zero-shot prompts only when there is no retrieval).
     """
-    if len(evidence.similar) == 0 and len(evidence.dissimilar) == 0:
+    if len(similar) == 0 and len(dissimilar) == 0:
         rag = [p.name for p in config.prompts if p.k_similar or p.k_dissimilar]
         if rag:
             raise PromptError(f"prompts {rag} show retrieved neighbours, but there is no retrieval evidence")
     return [
         LMMRequest(
-            prompt=render_prompt(spec, evidence, config.prompt_dir),
+            prompt=render_prompt(spec, similar, dissimilar, config.prompt_dir),
             image=image,
             n=spec.samples,
             temperature=config.temperature,
