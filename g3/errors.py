@@ -103,3 +103,19 @@ class BatchError(G3Error):
             f"{len(errors)} of {len(results)} photos failed ({shown}{more}); the others were located: "
             "their predictions are in this error's .results (or pass return_exceptions=True to get the list)"
         )
+
+
+class ImageFetchError(G3Error):
+    """A request's image URL (``data:``, ``file:``, ``http(s):``) that was refused or could not be fetched.
+
+    ``status`` is the HTTP status the server should answer (400, 403, 413, 415, 502 or 504) and ``code`` a short
+    machine-readable reason (``"private_address"``, ``"image_too_large"``, …; `g3.serve.fetch` lists them).
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, self.code, str(self)))

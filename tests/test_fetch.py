@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from g3.errors import G3Error
+from g3.media import image_format as sniff_image_type
 from g3.serve import fetch as fetch_module
 from g3.serve.fetch import (
     FetchError,
@@ -34,7 +35,6 @@ from g3.serve.fetch import (
     fetch_image,
     host_allowed,
     is_public_address,
-    sniff_image_type,
 )
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from g3.media import HEAD_BYTES, sniff_image_type
+
 #: JSON schema of an answer: G3's prompts ask for exactly this object.
 COORDINATE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -153,5 +155,5 @@ def decode_request_image(data: bytes) -> Image.Image:
 
 def data_url(data: bytes) -> str:
     """A ``data:`` URL of image bytes (media type sniffed from the header), as OpenAI-style APIs take."""
-    kind = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "webp" if data[8:12] == b"WEBP" else "jpeg"
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
+    media_type = sniff_image_type(data[:HEAD_BYTES]) or "image/jpeg"
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"

@@ -52,7 +52,8 @@ from urllib.parse import unquote, urlsplit
 import httpcore
 import httpx
 
-from g3.errors import G3Error
+from g3.errors import ImageFetchError
+from g3.media import HEAD_BYTES, sniff_image_type
 
 #: Default cap on an image's size in bytes (20 MiB).
 DEFAULT_MAX_BYTES = 20 * 2**20
@@ -73,20 +74,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-class FetchError(G3Error):
-    """An image URL that was refused or could not be fetched.
-
-    ``status`` is the HTTP status the server should answer (400, 403, 413, 415, 502 or 504) and ``code`` a short
-    machine-readable reason (``"private_address"``, ``"image_too_large"``, …; the module docstring lists them).
-    """
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.status, self.code, str(self)))
+#: The error `fetch_image` raises (`g3.errors.ImageFetchError`), by the name this module has always used.
+FetchError = ImageFetchError
 
 
 @dataclass(frozen=True)
@@ -523,31 +512,13 @@ async def _get(
         raise FetchError(502, "upstream_error", f"fetching {shown!r} failed: {_describe(exc)}") from exc
     if not body:
         raise FetchError(502, "upstream_error", f"{shown!r} answered HTTP {status} with an empty body")
-    if sniff and sniff_image_type(bytes(body[:16])) is None:
+    if sniff and sniff_image_type(bytes(body[:HEAD_BYTES])) is None:
         raise FetchError(
             415,
             "unsupported_media_type",
             f"{shown!r} is {media_type or 'untyped'} and its bytes are not JPEG, PNG, WebP, GIF, BMP or TIFF",
         )
     return bytes(body), None
-
-
-def sniff_image_type(head: bytes) -> str | None:
-    """The image format announced by the first bytes (``"jpeg"``, ``"png"``, ``"webp"``, ``"gif"``, ``"bmp"``,
-    ``"tiff"``), or None."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"BM"):
-        return "bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    return None
 
 
 def _ssl_context() -> ssl.SSLContext:

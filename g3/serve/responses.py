@@ -1,4 +1,4 @@
-"""Chat-completion responses and stream chunks built from a `GeoPrediction`.
+"""Chat-completion responses and stream chunks (server-sent events) built from a `GeoPrediction`.
 
 The answer states its calibrated confidence when a fitted ranker gave one. A request's ``min_confidence``
 that the prediction misses withholds the answer: one choice saying WITHHELD with the probability (as JSON:
@@ -12,8 +12,11 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import BaseModel
+
 from g3.agent import GeoPrediction
 from g3.agent.abstention import Shortfall, confidence_text, shortfalls, withheld_payload, withheld_text
+from g3.agent.progress import Step
 from g3.serve.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -168,7 +171,7 @@ def content_chunks(
     out = [chunk(request_id, model, index=i, content=choice_content(prediction, request, i))
            for i in ranks(prediction, request)]  # fmt: skip
     if info.note is not None and out:
-        out[0] = out[0].model_copy(update={"g3": StepInfo(step="choices", data=info.model_dump())})
+        out[0] = out[0].model_copy(update={"g3": StepInfo(step=Step.CHOICES, data=info.model_dump())})
     return out
 
 
@@ -181,38 +184,7 @@ def final_chunks(
     return out
 
 
-def step_data(node: str, update: dict[str, Any]) -> dict[str, Any]:
-    """A small JSON summary of what a pipeline step produced, for stream chunks (and the web page)."""
-
-    def points(found: Any, limit: int = 20) -> list[list[Any]]:
-        """``[lat, lon, score, place, img_id]`` of the first ``limit`` neighbours."""
-        if found is None:
-            return []
-        places = list(found.places) or [""] * len(found.scores)
-        ids = list(getattr(found, "ids", None) or []) or [None] * len(found.scores)
-        rows = zip(found.coordinates[:limit], found.scores[:limit], places[:limit], ids[:limit], strict=False)
-        return [[float(lat), float(lon), float(s), place, img_id] for (lat, lon), s, place, img_id in rows]
-
-    timings = update.get("timings", {})
-    data: dict[str, Any] = {"seconds": round(sum(timings.values()), 4)} if timings else {}
-    if node == "retrieve":
-        data |= {"similar": points(update.get("similar")), "dissimilar": points(update.get("dissimilar"))}
-    elif node == "render":
-        data |= {"prompts": [r.tag for r in update.get("requests", [])]}
-    elif node == "generate":
-        data |= {"responses": [{"prompt": r.tag, "answers": list(r.texts), "error": r.error}
-                               for r in update.get("responses", [])]}  # fmt: skip
-    elif node in ("parse", "candidates", "gallery"):
-        data |= {"candidates": [[c.lat, c.lon, c.source, c.sample] for c in update.get("candidates", [])]}
-        if "parse" in update:
-            data["parse"] = update["parse"].to_dict()
-        if update.get("warnings"):
-            data["warnings"] = list(update["warnings"])
-    elif node in ("verify", "pick_random", "rank"):
-        data |= {"ranked": [[s.candidate.lat, s.candidate.lon, s.candidate.source, s.score, s.components]
-                            for s in update.get("ranked", [])[:50]]}  # fmt: skip
-        if update.get("confidence") is not None:  # the fitted ranker's (node "rank")
-            data["confidence"] = update["confidence"]
-    elif node == "describe":
-        data |= {"address": update.get("address")}
-    return data
+def sse(payload: BaseModel | dict[str, Any]) -> str:
+    """One server-sent event of a stream: a chunk (its fields that are set), or an error body as it is."""
+    data = payload.model_dump(exclude_none=True) if isinstance(payload, BaseModel) else payload
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -2,8 +2,9 @@
 
 * ``GET /`` and ``GET /static/{path}`` serve the page shipped in ``g3/serve/static/`` (plain HTML, CSS and
   JavaScript, Leaflet vendored in ``static/vendor/leaflet/``; no CDN, no build step), the world map
-  ``g3/assets/countries-110m.json`` as ``/static/countries-110m.json`` and the page's settings as
-  ``/static/page-config.json`` (``{"map": {"tiles", "attribution", "maxZoom"}}``, from ``g3 serve --map-tiles``).
+  ``g3/assets/countries-110m.json`` as ``/static/countries-110m.json``, the page's settings as
+  ``/static/page-config.json`` (``{"map": {"tiles", "attribution", "maxZoom"}}``, from ``g3 serve --map-tiles``)
+  and the step names the page switches on as ``/static/steps.js`` (generated from `g3.agent.progress.Step`).
   They need no API key (they hold no secrets; the page asks for the key and sends it to the API), and carry
   a strict content-security policy: scripts, styles and connections from this server only, no inline
   script; images from this server, plus the tile server's origin when tiles are configured.
@@ -30,7 +31,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from g3.agent.progress import Step
 from g3.data.images import image_file_name
+from g3.media import HEAD_BYTES, sniff_image_type
 from g3.serve.errors import APIError
 from g3.serve.map_tiles import tile_origin
 
@@ -66,8 +69,9 @@ _MEDIA_TYPES = {
     ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
 }
-#: File names the image route accepts, and the magic bytes that decide the content type.
+#: File names the image route accepts, and the media types (sniffed from the bytes) it serves.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
+SERVED_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp"})
 MAX_IMAGE_PATH = 1024
 
 
@@ -119,7 +123,15 @@ def static_files(map_settings: MapSettings | None = None) -> dict[str, _File]:
     world = Path(str(resources.files("g3.assets").joinpath("countries-110m.json")))
     files["countries-110m.json"] = _load(world)
     files["page-config.json"] = _file((map_settings or MapSettings()).config(), "application/json")
+    files["steps.js"] = _file(steps_script(), _MEDIA_TYPES[".js"])
     return files
+
+
+def steps_script() -> bytes:
+    """``/static/steps.js``: the names of the pipeline's steps (`g3.agent.progress.Step`) as ``window.G3Steps``
+    (``{"RETRIEVE": "retrieve", …}``), so that the page switches on the names the server streams, not on copies."""
+    names = json.dumps({step.name: step.value for step in Step})
+    return f"/* Generated from g3.agent.progress.Step. */\nwindow.G3Steps = Object.freeze({names});\n".encode()
 
 
 def mount_web(
@@ -206,21 +218,6 @@ def find_image(root: Path, name: str) -> Path:
     raise APIError(404, f"no image {name[:200]!r} in the image folder", code="image_not_found")
 
 
-def image_type(head: bytes) -> str | None:
-    """The image media type of a file from its first bytes, or None when it is no image g3 serves."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head[:2] == b"BM":
-        return "image/bmp"
-    return None
-
-
 def read_image(root: Path, name: str, *, max_bytes: int) -> tuple[bytes, str]:
     """The bytes and media type of image ``name`` under ``root``; `APIError` for anything refused."""
     path = find_image(root, name)
@@ -228,7 +225,7 @@ def read_image(root: Path, name: str, *, max_bytes: int) -> tuple[bytes, str]:
         body = fh.read(max_bytes + 1)
     if len(body) > max_bytes:
         raise APIError(413, f"the image is over {max_bytes:,} bytes", code="image_too_large")
-    media_type = image_type(body[:16])
-    if media_type is None:
+    media_type = sniff_image_type(body[:HEAD_BYTES])
+    if media_type is None or media_type not in SERVED_TYPES:
         raise APIError(415, "the file is not an image", code="not_an_image")
     return body, media_type

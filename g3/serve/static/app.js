@@ -6,6 +6,7 @@
 (function () {
   "use strict";
 
+  const STEP = window.G3Steps; // the server's step names (/static/steps.js, from g3.agent.progress.Step)
   const KEY_STORAGE = "g3.apiKey";
   const CONCURRENCY = 2; // photos located at once in a batch
   const THUMBS = 15; // neighbour thumbnails fetched per photo
@@ -327,35 +328,35 @@
   function describeStep(step, data) {
     const n = (xs) => (xs ? xs.length : 0);
     switch (step) {
-      case "encode":
+      case STEP.ENCODE:
         return "Embedded the photo";
-      case "retrieve":
+      case STEP.RETRIEVE:
         return "Retrieved " + n(data.similar) + " similar and " + n(data.dissimilar) + " dissimilar images";
-      case "render":
+      case STEP.RENDER:
         return "Wrote " + n(data.prompts) + " prompts: " + (data.prompts || []).join(", ");
-      case "generate":
+      case STEP.GENERATE:
         return (data.responses || [])
           .map((r) =>
             r.error ? "Prompt " + r.prompt + " failed: " + r.error : "Prompt " + r.prompt + ": " + n(r.answers) + " answers",
           )
           .join("; ");
-      case "parse":
-      case "candidates":
-      case "gallery":
+      case STEP.PARSE:
+      case STEP.CANDIDATES:
+      case STEP.GALLERY:
         return "Collected " + n(data.candidates) + " candidate locations";
-      case "verify":
-      case "pick_random":
-      case "rank":
+      case STEP.VERIFY:
+      case STEP.PICK_RANDOM:
+      case STEP.RANK:
         if (data.ranked && data.ranked.length) {
           const best = data.ranked[0];
-          const how = step === "rank" ? "Ranked " + n(data.ranked) + " candidates with the fitted ranker" : "Scored " + n(data.ranked) + " candidates";
+          const how = step === STEP.RANK ? "Ranked " + n(data.ranked) + " candidates with the fitted ranker" : "Scored " + n(data.ranked) + " candidates";
           const sure = confidenceText(data) ? "; " + confidenceText(data) : "";
           return how + "; best " + best[0].toFixed(4) + ", " + best[1].toFixed(4) + " (" + best[2] + ")" + sure;
         }
         return "Scored the candidates";
-      case "describe":
+      case STEP.DESCRIBE:
         return data.address ? "Named the place: " + place({ address: data.address }) : "Named the place";
-      case "choices":
+      case STEP.CHOICES:
         return data.note ? "Answered: " + data.note : "Finished choices";
       default:
         return "Finished " + step;
@@ -390,7 +391,7 @@
     }
     const data = { neighbours: [], candidates: [], predictions: [] };
     for (const s of job.steps) {
-      if (s.step === "retrieve") {
+      if (s.step === STEP.RETRIEVE) {
         data.neighbours = neighboursFromStep(s.data).map((n) => ({ lat: n.lat, lon: n.lon, kind: n.kind, label: n.place }));
       } else if (s.data && s.data.candidates) {
         data.candidates = s.data.candidates.map((c) => ({ lat: c[0], lon: c[1], source: c[2], score: NaN }));
@@ -616,7 +617,7 @@
       similar = p.similar;
       dissimilar = p.dissimilar;
     } else {
-      const retrieve = job.steps.find((s) => s.step === "retrieve");
+      const retrieve = job.steps.find((s) => s.step === STEP.RETRIEVE);
       if (retrieve) {
         const all = neighboursFromStep(retrieve.data);
         similar = all.filter((n) => n.kind === "similar");
@@ -675,8 +676,8 @@
     }
     if (state.shown !== job) return;
     $("steps").append(stepItem(s));
-    if (s.step === "retrieve") renderEvidence(job);
-    if (s.step === "retrieve" || (s.data && (s.data.candidates || s.data.ranked))) {
+    if (s.step === STEP.RETRIEVE) renderEvidence(job);
+    if (s.step === STEP.RETRIEVE || (s.data && (s.data.candidates || s.data.ranked))) {
       renderLegend(job);
       if (state.singleMap) state.singleMap.set(mapData(job));
     }
