@@ -30,7 +30,8 @@ from g3.agent import G3, GeoPrediction, RankedCandidate
 from g3.agent.abstention import parse_min_confidence, shortfalls, withheld_payload
 from g3.agent.prediction import Degradation
 from g3.agent.results import COLUMNS, LEGACY_COLUMNS, ResultsCSV, result_row
-from g3.cli import _json_entry, _print_result, app
+from g3.cli import app
+from g3.cli.locate import _json_entry, _print_result
 from g3.index import GeoIndex
 from g3.models import GeoAligner
 from g3.serve.app import ServeSettings

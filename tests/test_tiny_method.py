@@ -78,7 +78,7 @@ def test_explain_and_json_show_the_raw_lmm_texts(tiny_assets: Path, monkeypatch:
 
 
 def test_explain_escapes_cuts_and_names_failed_prompts() -> None:
-    from g3.cli import _explanation
+    from g3.cli.locate import _explanation
 
     candidate = RankedCandidate(lat=1.0, lon=2.0, source="retrieval", sample=0, score=1.0, components={}, rank=0)
     raw = {"zero_shot": ["ab\x1b[31m\ncd" + "x" * 300, "second"], "rag_5": []}

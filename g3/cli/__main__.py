@@ -1,0 +1,5 @@
+"""``python -m g3.cli`` (e.g. ``accelerate launch -m g3.cli train``)."""
+
+from g3.cli import main
+
+main()
