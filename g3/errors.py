@@ -119,3 +119,11 @@ class ImageFetchError(G3Error):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.status, self.code, str(self)))
+
+
+class ConfigError(G3Error):
+    """A configuration file or value that cannot be used."""
+
+
+class PromptError(G3Error):
+    """A prompt template that is missing or cannot be rendered."""

@@ -19,7 +19,7 @@ from typing import IO, Any
 def default_cache_dir() -> Path:
     """g3's cache folder: ``$G3_CACHE_DIR``, else ``$XDG_CACHE_HOME/g3``, else ``~/.cache/g3``."""
     if os.environ.get("G3_CACHE_DIR"):
-        return Path(os.environ["G3_CACHE_DIR"])
+        return Path(os.environ["G3_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "g3"
 

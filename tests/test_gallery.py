@@ -16,7 +16,7 @@ from g3.index.gallery import (
     GallerySearchResult,
     GPSGallery,
     cache_file_name,
-    default_cache_dir,
+    gallery_cache_dir,
     load_gallery_coordinates,
 )
 from g3.models import GeoAligner
@@ -283,14 +283,15 @@ def test_default_cache_dir_follows_the_environment(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("G3_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert default_cache_dir() == tmp_path / "home" / ".cache" / "g3" / "galleries"
+    assert gallery_cache_dir() == tmp_path / "home" / ".cache" / "g3" / "galleries"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "g3" / "galleries"
+    assert gallery_cache_dir() == tmp_path / "xdg" / "g3" / "galleries"
     monkeypatch.setenv("G3_CACHE_DIR", str(tmp_path / "g3cache"))
-    assert default_cache_dir() == tmp_path / "g3cache"
+    assert gallery_cache_dir() == tmp_path / "g3cache" / "galleries"  # g3's cache folder, as for every cache
+    assert gallery_cache_dir(tmp_path / "mine") == tmp_path / "mine" / "galleries"  # a configuration's cache_dir
 
     GPSGallery.build(random_points(5), tiny_aligner)  # default: the environment's folder
-    assert len(list((tmp_path / "g3cache").glob("gps-gallery-*.npy"))) == 1
+    assert len(list((tmp_path / "g3cache" / "galleries").glob("gps-gallery-*.npy"))) == 1
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
 
 
@@ -300,3 +301,22 @@ def test_build_restores_training_mode(tiny_aligner: GeoAligner) -> None:
     assert tiny_aligner.training
     with pytest.raises(ValueError, match="batch_size"):
         GPSGallery.build(random_points(5), tiny_aligner, cache_dir=None, batch_size=0)
+
+
+def test_a_configured_g3_caches_gallery_embeddings_in_its_cache_dir(
+    tiny_aligner: GeoAligner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from g3.agent import G3, G3Config
+
+    monkeypatch.setenv("G3_CACHE_DIR", str(tmp_path / "elsewhere"))
+    tiny_aligner.save_pretrained(str(tmp_path / "aligner"))
+    csv = tmp_path / "points.csv"
+    csv.write_text("LAT,LON\n48.85,2.35\n35.68,139.69\n-33.87,151.21\n")
+    config = G3Config.model_validate(
+        {"aligner": str(tmp_path / "aligner"), "index": None, "gallery": str(csv), "lmm": {"backend": "none"},
+         "pipeline": {"mode": "gallery", "describe": "none"}, "cache_dir": str(tmp_path / "cache")}
+    )  # fmt: skip
+    with G3.from_config(config):
+        pass
+    assert len(list((tmp_path / "cache" / "galleries").glob("gps-gallery-*.npy"))) == 1
+    assert not (tmp_path / "elsewhere").exists()

@@ -24,20 +24,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from g3.configs import config_names, shipped_config
-from g3.errors import G3Error
+from g3.errors import ConfigError
+from g3.lmm.config import DEFAULT_BACKEND, LMMConfig, VLLMConfig
 from g3.lmm.prompts import EnsembleConfig
+from g3.lmm.registry import carry_over, config_union
 from g3.verify import VerifyConfig
 
-
-class ConfigError(G3Error):
-    """A configuration file or value that cannot be used."""
-
+if TYPE_CHECKING:
+    AnyLMMConfig = LMMConfig
+else:  # one config type per backend, chosen by ``lmm.backend`` (g3.lmm.registry)
+    AnyLMMConfig = config_union()
 
 #: The configuration file of a bundle folder (`G3.from_pretrained`, `g3 fetch official`).
 BUNDLE_CONFIG = "g3.yaml"
@@ -60,71 +62,6 @@ def config_file(source: str | os.PathLike[str]) -> Path:
         f"{BUNDLE_CONFIG}, or the name of a shipped configuration ({', '.join(names)}; eval/tiny/NAME for the "
         "tiny variant of each eval/NAME)"
     )
-
-
-class LMMConfig(BaseModel):
-    """Which multimodal model answers the prompts, and how it is reached."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: Literal["none", "vllm", "openai", "transformers"] = "vllm"
-    model: str = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, local folder, or served name")
-    base_url: str | tuple[str, ...] | None = Field(
-        default=None,
-        description="OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1, or a list of them: a pool of servers "
-        "used round-robin with health checks and failover",
-    )
-    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the API key")
-    timeout_s: float = Field(default=120.0, gt=0, description="limit for all prompts of one image")
-    max_concurrency: int = Field(default=8, ge=1)
-    max_retries: int = Field(default=3, ge=0)
-    device: str = Field(default="auto", description="transformers backend: auto | cpu | cuda")
-    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM(**engine_args)")
-    batch_window_ms: float = Field(default=5.0, ge=0, description="micro-batching window across concurrent prompts")
-    health_interval_s: float = Field(default=10.0, gt=0, description="several base_urls: health-check period")
-    backoff_max_s: float = Field(
-        default=30.0, gt=0, description="several base_urls: longest wait before re-checking a server out of rotation"
-    )
-    attempt_timeout_s: float | None = Field(
-        default=None,
-        gt=0,
-        description="several base_urls: limit of one try on one server, so that a hung server fails over "
-        "within timeout_s (default: timeout_s)",
-    )
-
-    @field_validator("base_url", mode="before")
-    @classmethod
-    def _urls(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value.strip() if isinstance(value, str) else value
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"lmm.base_url must be a URL or a list of URLs, not a {type(value).__name__}")
-        if not value:
-            raise ValueError("lmm.base_url is an empty list: give one URL or several (e.g. http://127.0.0.1:8000/v1)")
-        bad = [v for v in value if not isinstance(v, str)]
-        if bad:
-            raise ValueError(f"lmm.base_url entries must be URL strings, got {bad[0]!r}")
-        urls = tuple(v.strip() for v in value)
-        twice = sorted({u.rstrip("/") for u in urls if [w.rstrip("/") for w in urls].count(u.rstrip("/")) > 1})
-        if twice:
-            raise ValueError(f"lmm.base_url lists {', '.join(twice)} more than once")
-        return urls
-
-    @model_validator(mode="after")
-    def _needs_url(self) -> LMMConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("lmm.backend 'openai' needs lmm.base_url (e.g. http://127.0.0.1:8000/v1)")
-        for url in self.base_urls if self.backend == "openai" else ():
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"lmm.base_url {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
-        return self
-
-    @property
-    def base_urls(self) -> tuple[str, ...]:
-        """``base_url`` as a tuple: empty, one URL, or the servers of a pool."""
-        if self.base_url is None:
-            return ()
-        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
 
 class PipelineConfig(BaseModel):
@@ -164,7 +101,7 @@ class G3Config(BaseModel):
         description="geo index folder, official://index (G3's MP16-Pro index, from `g3 fetch official`) or tiny://index",
     )
     gallery: str | None = Field(default=None, description="'geoclip', a CSV of coordinates, or None")
-    lmm: LMMConfig = Field(default_factory=LMMConfig)
+    lmm: AnyLMMConfig = Field(default_factory=VLLMConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -217,12 +154,12 @@ def with_lmm(config: G3Config, *, url: str | None = None, model: str | None = No
     a hub id or folder run in-process by vLLM (``tiny://llava``: by transformers, the only backend it runs on)."""
     if url is None and model is None:
         return config
-    lmm = config.lmm.model_dump()
     if url is not None:
-        lmm.update(backend="openai", base_url=url, model=model or lmm["model"])
+        backend, named = "openai", {"base_url": url, "model": model or config.lmm.model}
     else:
         assert model is not None
-        lmm.update(backend="transformers" if model.startswith("tiny://") else "vllm", model=model, base_url=None)
+        backend, named = ("transformers" if model.startswith("tiny://") else "vllm"), {"model": model}
+    lmm = {**carry_over(config.lmm.model_dump(), backend), **named, "backend": backend}
     try:
         return G3Config.model_validate({**config.model_dump(), "lmm": lmm})
     except ValidationError as exc:
@@ -249,7 +186,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         base_path = shipped.resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
-    return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
+    return _merge(_switched_lmm(_read_yaml(base_path, (*seen, path.resolve())), data), data)
 
 
 #: Settings that name a file or folder: their relative values are resolved against the configuration file.
@@ -276,6 +213,17 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(leaf), str):
             node[leaf] = relative_to_file(node[leaf], folder)
+
+
+def _switched_lmm(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with only the ``lmm`` settings the overriding file's backend takes (model, timeout_s, …), when
+    that file names another backend: a setting of the base's backend would be refused by the new one."""
+    lmm, base_lmm = override.get("lmm"), base.get("lmm")
+    if not (isinstance(lmm, dict) and isinstance(base_lmm, dict)) or "backend" not in lmm:
+        return base
+    if lmm["backend"] == base_lmm.get("backend", DEFAULT_BACKEND):
+        return base
+    return {**base, "lmm": carry_over(base_lmm, str(lmm["backend"]))}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

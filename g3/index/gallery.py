@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from g3.errors import GeoIndexError, InvalidCoordinatesError
 from g3.geo import validate_latlon
 from g3.index.geo_index import as_float32_matrix
-from g3.io import atomic_open
+from g3.io import atomic_open, default_cache_dir
 
 if TYPE_CHECKING:
     from g3.models import GeoAligner
@@ -53,7 +53,7 @@ class _Default(enum.Enum):
     TOKEN = 0
 
 
-#: Sentinel for "use `default_cache_dir()`" in `GPSGallery.build`.
+#: Sentinel for "use `gallery_cache_dir()`" in `GPSGallery.build`.
 DEFAULT_CACHE: Final = _Default.TOKEN
 
 
@@ -135,13 +135,15 @@ def _coordinate_pair(names: list[str]) -> tuple[str, str] | None:
 # -- cache -------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """Folder of cached gallery embeddings: ``$G3_CACHE_DIR``, else ``$XDG_CACHE_HOME/g3/galleries``,
-    else ``~/.cache/g3/galleries``."""
-    if os.environ.get("G3_CACHE_DIR"):
-        return Path(os.environ["G3_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(base).expanduser() / "g3" / "galleries"
+#: Folder of cached gallery embeddings in a cache folder.
+GALLERY_FOLDER: Final = "galleries"
+
+
+def gallery_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Folder of cached gallery embeddings: ``<cache>/galleries``, ``<cache>`` being ``cache_dir`` (a
+    configuration's ``cache_dir``), else g3's cache folder (`g3.io.default_cache_dir`: ``$G3_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/g3``, else ``~/.cache/g3``)."""
+    return Path(cache_dir or default_cache_dir()) / GALLERY_FOLDER
 
 
 def coordinates_digest(coordinates: np.ndarray) -> str:
@@ -248,7 +250,7 @@ class GPSGallery:
     ) -> GPSGallery:
         """Embed ``coordinates`` ``(M, 2)`` (lat, lon degrees) with ``aligner.encode_gps``, in batches.
 
-        The embeddings are cached as ``.npy`` in ``cache_dir`` (default `default_cache_dir()`; None: no
+        The embeddings are cached as ``.npy`` in ``cache_dir`` (default `gallery_cache_dir()`; None: no
         cache) under a name made from the aligner's fingerprint and the coordinates' hash, so a second
         build with the same aligner and points loads them instead. An unusable cache file is rewritten.
         """
@@ -258,7 +260,7 @@ class GPSGallery:
         if len(coords) == 0:
             raise ValueError("a gallery needs at least one point; got 0 coordinates")
         fingerprint = aligner.fingerprint()
-        folder = default_cache_dir() if cache_dir is DEFAULT_CACHE else cache_dir
+        folder = gallery_cache_dir() if cache_dir is DEFAULT_CACHE else cache_dir
         path = None if folder is None else Path(folder) / cache_file_name(fingerprint, coords)
 
         if path is not None:

@@ -34,6 +34,10 @@ COORDINATE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+#: Sampling defaults of a request and of the prompt ensemble (`g3.lmm.prompts.EnsembleConfig`): G3's values.
+DEFAULT_TEMPERATURE = 1.2
+DEFAULT_MAX_TOKENS = 200
+
 
 @dataclass(frozen=True)
 class LMMRequest:
@@ -47,8 +51,8 @@ class LMMRequest:
     prompt: str
     image: bytes
     n: int = 1
-    temperature: float = 1.2
-    max_tokens: int = 200
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int = DEFAULT_MAX_TOKENS
     json_schema: dict[str, Any] | None = field(default_factory=lambda: dict(COORDINATE_SCHEMA))
     seed: int | None = None
     tag: str = ""

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from g3.errors import MissingDependencyError
 from g3.lmm.base import ErrorKind, LMMBackend, LMMRequest, LMMResponse, Usage, data_url
+from g3.lmm.config import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,22 @@ class OpenAIBackend(LMMBackend):
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
             latency_s=time.perf_counter() - start,
         )
+
+
+def build(config: OpenAIConfig) -> LMMBackend:
+    """The backend of ``lmm: {backend: openai}``: one server, or a pool (`g3.lmm.pool`) for several base URLs.
+    The API key comes from the environment variable ``api_key_env`` names."""
+    api_key = os.environ.get(config.api_key_env)
+    urls = config.base_urls
+    if len(urls) > 1:
+        from g3.lmm.pool import OpenAIPoolBackend
+
+        return OpenAIPoolBackend(urls, config.model, api_key=api_key, max_concurrency=config.max_concurrency,
+                                 timeout_s=config.timeout_s, attempt_timeout_s=config.attempt_timeout_s,
+                                 max_retries=config.max_retries, health_interval_s=config.health_interval_s,
+                                 backoff_max_s=config.backoff_max_s)  # fmt: skip
+    return OpenAIBackend(urls[0], config.model, api_key=api_key, max_concurrency=config.max_concurrency,
+                         timeout_s=config.timeout_s, max_retries=config.max_retries)  # fmt: skip
 
 
 def _about_schema(exc: Exception) -> bool:

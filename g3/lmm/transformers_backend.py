@@ -32,6 +32,7 @@ from transformers import LogitsProcessor
 
 from g3.errors import CheckpointError, MissingDependencyError
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage, decode_request_image
+from g3.lmm.config import TransformersConfig
 from g3.lmm.constrained import GrammarCache, GrammarMask
 
 #: The ``dtype`` names the backend takes (besides ``auto``) and their torch dtypes.
@@ -407,6 +408,12 @@ class TransformersBackend(LMMBackend):
                 texts.append(tokenizer.decode(kept, skip_special_tokens=True))
             results.append((tuple(texts), Usage(int(prompt_tokens[k]), completion)))
         return results
+
+
+def build(config: TransformersConfig) -> TransformersBackend:
+    """The backend of ``lmm: {backend: transformers}``; ``device: auto`` is CUDA when there is a GPU, else CPU."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    return TransformersBackend(config.model, device=device)
 
 
 def _token_ids(value: int | list[int] | None) -> list[int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from g3.errors import MissingDependencyError
 from g3.lmm.base import LMMBackend, LMMRequest, LMMResponse, Usage, data_url
+from g3.lmm.config import VLLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +105,8 @@ class VLLMBackend(LMMBackend):
 
     async def agenerate(self, requests: Sequence[LMMRequest]) -> list[LMMResponse]:
         return await asyncio.to_thread(self._generate, requests)
+
+
+def build(config: VLLMConfig) -> VLLMBackend:
+    """The backend of ``lmm: {backend: vllm}``: ``vllm.LLM(model, **engine_args)`` in this process."""
+    return VLLMBackend(config.model, **config.engine_args)
