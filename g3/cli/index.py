@@ -211,20 +211,16 @@ def index_search(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Print the nearest (and least similar) database images of each photo, with coordinates, as JSON."""
-    from g3.index import GeoIndex, Neighbours
+    from g3.index import GeoIndex, SearchHits
 
     aligner, views = _encode_photos(checkpoint, device, images)
     geo_index = GeoIndex.load(index, aligner=aligner)
     keys = views.key.float().cpu().numpy()
     result = geo_index.search(keys, k, dissimilar=dissimilar > 0, dissimilar_k=dissimilar or None)
 
-    def rows(n: Neighbours, q: int) -> list[dict[str, Any]]:
-        names, ids = geo_index.place_names(n.rows[q]), n.ids[q]
-        return [
-            {"img_id": ids[j], "lat": float(n.lat[q, j]), "lon": float(n.lon[q, j]), "score": float(n.scores[q, j]),
-             "place": names[j]}
-            for j in range(n.rows.shape[1]) if n.rows[q, j] >= 0
-        ]  # fmt: skip
+    def rows(hits: SearchHits, q: int) -> list[dict[str, Any]]:
+        return [{"img_id": img_id, "lat": lat, "lon": lon, "score": score, "place": place}
+                for lat, lon, score, place, img_id in hits.neighbours(q).rows()]  # fmt: skip
 
     out = [
         {"image": str(p), "similar": rows(result.similar, q)}

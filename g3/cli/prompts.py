@@ -37,16 +37,15 @@ def prompts_show(
     """Print every prompt of the paper's ensemble rendered with example neighbours."""
     import numpy as np
 
-    from g3.lmm.prompts import EnsembleConfig, Evidence, render_prompt
+    from g3.lmm.prompts import EnsembleConfig, render_prompt
+    from g3.neighbours import Neighbours
 
     config = EnsembleConfig(prompt_dir=prompt_dir)
-    example = Evidence(
-        similar=np.array([[48.8584 + i * 0.01, 2.2945] for i in range(15)]),
-        dissimilar=np.array([[-33.8568, 151.2153 + i * 0.01] for i in range(15)]),
-        similar_places=["Paris, Ile-de-France, France"] * 15,
-        dissimilar_places=["Sydney, New South Wales, Australia"] * 15,
-    )
+    similar = Neighbours(np.array([[48.8584 + i * 0.01, 2.2945] for i in range(15)]), np.zeros(15),
+                         places=["Paris, Ile-de-France, France"] * 15)  # fmt: skip
+    dissimilar = Neighbours(np.array([[-33.8568, 151.2153 + i * 0.01] for i in range(15)]), np.zeros(15),
+                            places=["Sydney, New South Wales, Australia"] * 15)  # fmt: skip
     for spec in config.prompts:
         shown = spec.model_copy(update={"k_similar": min(spec.k_similar, k), "k_dissimilar": min(spec.k_dissimilar, k)})
         typer.echo(f"--- {spec.name} (template {spec.template}, n={spec.samples}) ---")
-        typer.echo(render_prompt(shown, example, config.prompt_dir))
+        typer.echo(render_prompt(shown, similar, dissimilar, config.prompt_dir))
