@@ -18,6 +18,10 @@ up before). Values given as a mapping or a `G3Config` are taken as written. A va
 `g3.agent.tiny`): it makes ``configs/tiny.yaml`` run anywhere with no download, with meaningless answers.
 Secrets are never read from the file: the API key of an OpenAI-compatible server comes from the
 environment variable named by ``lmm.api_key_env``.
+
+The ``lmm:`` section takes the settings of the backend it names (one config type per backend, `g3.lmm.config`;
+``vllm`` when it names none). A file that extends another and names another backend keeps only the base's
+``lmm`` settings the two backends share (``model``, ``timeout_s``, …).
 """
 
 from __future__ import annotations
