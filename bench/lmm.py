@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -248,7 +249,9 @@ def main() -> None:
             run(f"transformers, {label}", backend, requests, args.repeats)
             if args.vllm:
                 from g3.lmm.openai_backend import OpenAIBackend
-                from g3.lmm.vllm_server import VLLMServer
+
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' vLLM harness
+                from vllm_server import VLLMServer
 
                 served = export_for_vllm(folder, Path(tmp) / "tiny-llava-vllm")
                 with VLLMServer(served) as server:

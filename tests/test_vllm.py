@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import SHARED_DATA
 from PIL import Image
+from vllm_server import VLLMServer, default_vllm_python
 
 from g3.agent import G3, G3Config
 from g3.agent.prediction import GeoPrediction
@@ -33,7 +34,6 @@ from g3.lmm.parse import parse_answers
 from g3.lmm.pool import OpenAIPoolBackend, ServerStats
 from g3.lmm.prompts import EnsembleConfig, build_requests
 from g3.lmm.tiny import export_for_vllm
-from g3.lmm.vllm_server import VLLMServer, default_vllm_python
 from g3.neighbours import Neighbours
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Start and stop a vLLM OpenAI-compatible server as a child process (tests, benchmarks, local runs).
+"""Start and stop a vLLM OpenAI-compatible server as a child process: a harness for the tests and bench/lmm.py.
 
 vLLM often lives in a virtual environment of its own (its builds pin torch); `VLLMServer` runs
 ``python -m vllm.entrypoints.openai.api_server`` with the interpreter you name, waits until
@@ -20,8 +20,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from g3.errors import G3Error
-
 log = logging.getLogger(__name__)
 
 #: Flags known to work with vLLM's CPU build on tiny models (see the project's OFFLINE notes).
@@ -29,7 +27,7 @@ CPU_ARGS = ("--max-model-len", "1024", "--max-num-batched-tokens", "8192", "--dt
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-class VLLMServerError(G3Error):
+class VLLMServerError(RuntimeError):
     """The vLLM server did not start or stopped unexpectedly."""
 
 
@@ -45,7 +43,7 @@ def default_vllm_python() -> Path | None:
     env = os.environ.get("G3_VLLM_PYTHON")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    candidate = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
     return candidate if candidate.exists() else None
 
 
