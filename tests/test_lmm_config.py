@@ -25,6 +25,7 @@ def test_the_backend_field_chooses_the_config_type() -> None:
     assert type(G3Config.load({"lmm": {"backend": "none"}, "pipeline": {"mode": "retrieval"}}).lmm) is NoLMMConfig
     assert type(LMMConfig(backend="openai", base_url="http://a:1/v1")) is OpenAIConfig
     assert type(LMMConfig()) is VLLMConfig
+    assert LMMConfig.model_validate({"backend": "transformers", "device": "cpu"}) == TransformersConfig(device="cpu")
     with pytest.raises(ConfigError, match=r"unknown lmm\.backend"):
         G3Config.load({"lmm": {"backend": "llamacpp"}})
 

@@ -109,7 +109,11 @@ class G3Config(BaseModel):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    cache_dir: str | None = Field(default=None, description="where tiny:// assets and gallery embeddings go")
+    cache_dir: str | None = Field(
+        default=None,
+        description="g3's cache folder for this configuration: tiny:// and official:// assets, gallery embeddings "
+        "(<cache_dir>/galleries), the Nominatim cache; default $G3_CACHE_DIR, else ~/.cache/g3 (g3.io)",
+    )
     note: str | None = Field(default=None, description="shown with every prediction (e.g. 'answers are meaningless')")
 
     @model_validator(mode="after")

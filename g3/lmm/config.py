@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, field_validator, model_validator
 
 #: The backend of an ``lmm:`` mapping that names none.
 DEFAULT_BACKEND = "vllm"
@@ -34,6 +34,17 @@ class LMMConfig(BaseModel):
         from g3.lmm.registry import config_type
 
         return super().__new__(config_type(str(data.get("backend", DEFAULT_BACKEND))))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_backend_type(cls, data: Any, handler: ModelWrapValidatorHandler[LMMConfig]) -> LMMConfig:
+        # LMMConfig.model_validate({...}) validates as the named backend's type, as the constructor does
+        if cls is not LMMConfig or isinstance(data, LMMConfig):
+            return handler(data)
+        from g3.lmm.registry import config_type
+
+        backend = data.get("backend", DEFAULT_BACKEND) if isinstance(data, dict) else DEFAULT_BACKEND
+        return config_type(str(backend)).model_validate(data)
 
     @model_validator(mode="before")
     @classmethod
