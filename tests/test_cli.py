@@ -196,7 +196,7 @@ def test_gallery_search_from_the_command_line(tmp_path: Path, tiny_aligner: GeoA
     points = out[0]["points"]
     assert len(points) == 2 and points[0]["score"] >= points[1]["score"]
     assert {(p["lat"], p["lon"]) for p in points} <= {(48.85, 2.35), (35.68, 139.69), (-33.87, 151.21)}
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # embeddings cached for the next call
+    assert len(list((tmp_path / "cache" / "galleries").glob("*.npy"))) == 1  # embeddings cached for the next call
 
 
 @pytest.mark.slow
