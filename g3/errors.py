@@ -127,3 +127,11 @@ class ConfigError(G3Error):
 
 class PromptError(G3Error):
     """A prompt template that is missing or cannot be rendered."""
+
+
+class TopoJSONError(G3Error, ValueError):
+    """A TopoJSON file that cannot be decoded: not JSON, not a Topology, or with bad arc references."""
+
+
+class RerankError(G3Error):
+    """An LMM rerank answer that does not name one of the candidates offered."""

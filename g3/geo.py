@@ -120,8 +120,11 @@ def wrap_longitude(lon: float | np.ndarray | torch.Tensor) -> float | np.ndarray
     return float(wrapped) if np.ndim(wrapped) == 0 else wrapped
 
 
-def haversine_km(lat1: ArrayT, lon1: ArrayT, lat2: ArrayT, lon2: ArrayT) -> ArrayT:
-    """Great-circle distance in km on a sphere of radius `EARTH_RADIUS_KM`, broadcasting its inputs.
+def haversine_km(
+    lat1: ArrayT, lon1: ArrayT, lat2: ArrayT, lon2: ArrayT, *, radius_km: float = EARTH_RADIUS_KM
+) -> ArrayT:
+    """Great-circle distance in km on a sphere of radius ``radius_km`` (default `EARTH_RADIUS_KM`), broadcasting
+    its inputs.
 
     Works on numpy arrays (float64) and torch tensors (their dtype and device). Inputs in degrees.
     """
@@ -133,12 +136,12 @@ def haversine_km(lat1: ArrayT, lon1: ArrayT, lat2: ArrayT, lon2: ArrayT) -> Arra
             dphi = p2 - p1
             dlmb = torch.deg2rad(lon2) - torch.deg2rad(lon1)
             a = torch.sin(dphi / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlmb / 2) ** 2
-            return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(torch.clamp(a, 0.0, 1.0)))
+            return 2 * radius_km * torch.asin(torch.sqrt(torch.clamp(a, 0.0, 1.0)))
     p1n, p2n = np.radians(np.asarray(lat1, np.float64)), np.radians(np.asarray(lat2, np.float64))
     dphi_n = p2n - p1n
     dlmb_n = np.radians(np.asarray(lon2, np.float64)) - np.radians(np.asarray(lon1, np.float64))
     an = np.sin(dphi_n / 2) ** 2 + np.cos(p1n) * np.cos(p2n) * np.sin(dlmb_n / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(an, 0.0, 1.0)))
+    return 2 * radius_km * np.arcsin(np.sqrt(np.clip(an, 0.0, 1.0)))
 
 
 def pairwise_haversine_km(a: ArrayT, b: ArrayT) -> ArrayT:

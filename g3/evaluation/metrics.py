@@ -28,10 +28,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from g3.errors import InvalidCoordinatesError
-from g3.geo import EARTH_RADIUS_KM, geodesic_km, validate_latlon
+from g3.geo import EARTH_RADIUS_KM, geodesic_km, haversine_km, validate_latlon
 
 #: The standard thresholds of IM2GPS / IM2GPS3k / YFCC4k tables: street, city, region, country, continent.
 THRESHOLDS_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
+#: What each standard threshold stands for, for labels and reports.
+THRESHOLD_NAMES = {1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent"}
 
 Convention = Literal["geodesic-lt", "haversine-le"]
 #: The conventions `distances_km` and `accuracy` know, in the order of `Convention`.
@@ -107,17 +109,6 @@ def threshold_key(threshold_km: float) -> str:
     return f"{float(threshold_km):g}km"
 
 
-def _haversine(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray, radius: float) -> np.ndarray:
-    # The same operations as g3.geo.haversine_km (numpy branch), with the radius as a parameter: for the
-    # default radius the results are identical to the last bit.
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dphi = p2 - p1
-    dlmb = np.radians(lon2) - np.radians(lon1)
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
-    out: np.ndarray = 2 * radius * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    return out
-
-
 def distances_km(
     truth: object,
     pred: object,
@@ -147,7 +138,7 @@ def distances_km(
     if conv == "geodesic-lt":
         return geodesic_km(t[:, 0], t[:, 1], p[:, 0], p[:, 1])
     assert radius is not None
-    return _haversine(t[:, 0], t[:, 1], p[:, 0], p[:, 1], radius)
+    return haversine_km(t[:, 0], t[:, 1], p[:, 0], p[:, 1], radius_km=radius)
 
 
 def accuracy(
@@ -290,7 +281,7 @@ def area_needed_km2(truth: object, candidates: object) -> float:
     if c.shape[0] == 0:
         return math.inf
     validate_latlon(c, what="candidates")
-    d = _haversine(t[:, 0], t[:, 1], c[:, 0], c[:, 1], EARTH_RADIUS_KM)
+    d = haversine_km(t[:, 0], t[:, 1], c[:, 0], c[:, 1])
     ranks = np.arange(1, c.shape[0] + 1, dtype=np.float64)
     return float(np.min(ranks * cap_area_km2(d)))
 
@@ -321,7 +312,7 @@ def areas_needed_km2(truth: object, candidates: Sequence[object]) -> np.ndarray:
             f"candidate {int(ranks[i])} of image {int(owner[i])} is {flat[i].tolist()!r}; expected a finite "
             "(lat, lon) with |lat| ≤ 90 and |lon| ≤ 180 degrees"
         )
-    d = _haversine(t[owner, 0], t[owner, 1], flat[:, 0], flat[:, 1], EARTH_RADIUS_KM)
+    d = haversine_km(t[owner, 0], t[owner, 1], flat[:, 0], flat[:, 1])
     cost = ranks * cap_area_km2(d)
     nonempty = counts > 0
     out[nonempty] = np.minimum.reduceat(cost, starts[nonempty])

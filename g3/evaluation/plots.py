@@ -24,9 +24,9 @@ import numpy as np
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 
-from g3.errors import G3Error
-from g3.evaluation.metrics import THRESHOLDS_KM
-from g3.geo import EARTH_RADIUS_KM, validate_latlon
+from g3.errors import TopoJSONError
+from g3.evaluation.metrics import THRESHOLD_NAMES, THRESHOLDS_KM, cap_area_km2
+from g3.geo import validate_latlon
 from g3.io import atomic_open
 
 #: Resolution of every PNG, in dots per inch.
@@ -43,20 +43,8 @@ BORDER_COLOR = "#9b9b9b"
 TRUTH_COLOR = "#1a9850"
 PRED_COLOR = "#d7301f"
 LINE_COLOR = "#4d4d4d"
-#: Names of the standard thresholds, for labels.
-THRESHOLD_NAMES: dict[float, str] = {
-    1.0: "street",
-    25.0: "city",
-    200.0: "region",
-    750.0: "country",
-    2500.0: "continent",
-}
 #: Range of the error CDF's x axis, in km.
 CDF_RANGE_KM: tuple[float, float] = (1.0, 20000.0)
-
-
-class TopoJSONError(G3Error, ValueError):
-    """A TopoJSON file that cannot be decoded: not JSON, not a Topology, or with bad arc references."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,20 +411,12 @@ def recall_area_curve(
         lowest, highest = min(lowest, float(a[0])), max(highest, float(a[-1]))
         ax.plot(a, r, label=name, linewidth=1.8)
     for t in thresholds:
-        area = (
-            4.0
-            * math.pi
-            * EARTH_RADIUS_KM**2
-            * math.sin(min(t, math.pi * EARTH_RADIUS_KM) / (2 * EARTH_RADIUS_KM)) ** 2
-        )
+        area = cap_area_km2(t)
         if lowest <= area <= highest:
             ax.axvline(area, color="0.6", linestyle="--", linewidth=0.8, zorder=0)
             ax.text(area, 1.01, f"{t:g} km disk", transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlim(lowest, highest)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("area searched (km², log scale)")
-    ax.set_ylabel("recall")
+    ax.set(xscale="log", xlim=(lowest, highest), ylim=(0.0, 1.0), xlabel="area searched (km², log scale)",
+           ylabel="recall")  # fmt: skip
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left")
     ax.set_title(title, pad=18)
@@ -469,14 +449,10 @@ def reliability_diagram(
         shift = (number - (len(reliability_by_radius) - 1) / 2) * width / (len(reliability_by_radius) + 1)
         bottom.bar([(b["low"] + b["high"]) / 2 + shift for b in data["bins"]], [b["n"] for b in data["bins"]],
                    width=width / (len(reliability_by_radius) + 1), label=f"{radius} km")  # fmt: skip
-    top.set_xlim(0.0, 1.0)
-    top.set_ylim(0.0, 1.0)
-    top.set_ylabel("share of answers really within r km")
+    top.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="share of answers really within r km", title=title)
     top.grid(True, alpha=0.3)
     top.legend(loc="upper left", fontsize=8)
-    top.set_title(title)
-    bottom.set_xlabel("stated probability P(within r km)")
-    bottom.set_ylabel("predictions")
+    bottom.set(xlabel="stated probability P(within r km)", ylabel="predictions")
     bottom.grid(True, alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -496,12 +472,9 @@ def risk_coverage_curve(
         accuracy = np.asarray(curve["accuracy"], dtype=np.float64)
         ax.plot(coverage, accuracy, linewidth=1.8, label=f"within {radius} km")
         ax.axhline(accuracy[-1], color=ax.lines[-1].get_color(), linestyle=":", linewidth=0.8, zorder=0)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("coverage: share of answers kept (most confident first)")
-    ax.set_ylabel("accuracy of the answers kept")
+    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), xlabel="coverage: share of answers kept (most confident first)",
+           ylabel="accuracy of the answers kept", title=title)  # fmt: skip
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
-    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

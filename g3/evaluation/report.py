@@ -18,12 +18,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
 
 from g3.evaluation.datasets import EvalDataset
+from g3.evaluation.metrics import THRESHOLD_NAMES
 from g3.io import atomic_write_text
 
 #: File names inside a run folder.
@@ -56,7 +57,6 @@ PLOT_TITLES: dict[str, str] = {
 }
 #: Groups of a breakdown's *other* row named below its table.
 OTHER_NAMED = 12
-_THRESHOLD_NAMES = {1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent"}
 _DASH = "—"
 
 
@@ -115,7 +115,7 @@ def _threshold_label(key: str, op: str) -> str:
     t = _threshold_km(key)
     if t is None:
         return key
-    name = _THRESHOLD_NAMES.get(t)
+    name = THRESHOLD_NAMES.get(t)
     return f"{op} {t:g} km" + (f" ({name})" if name else "")
 
 
@@ -405,7 +405,24 @@ def render_report(
     note: str | None = None,
     confidence: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown text of `write_report` (same arguments)."""
+    """The Markdown text of a run's report (`write_report` writes it to ``report.md``).
+
+    Args:
+        run_dir: the run folder (`write_report` creates it if absent).
+        title: the report's heading.
+        dataset: the dataset's name, or the `EvalDataset` (its source, image folder and missing images
+            are then reported too).
+        metrics: a `g3.evaluation.metrics.summarize` report (accuracy fractions, convention, n, denominator).
+        rvA: a `g3.evaluation.metrics.recall_vs_area` report, or None.
+        breakdowns: group column → `g3.evaluation.breakdown.breakdown` frame (continent, country, scene…).
+        plots: plot name → PNG path; linked relative to ``run_dir``.
+        config_summary: settings worth printing (values that are not text are shown as JSON).
+        git_sha: the commit of the code, or None.
+        notes: free lines, e.g. how many images were missing or failed.
+        degraded: a `g3.evaluation.degraded.degraded_summary`, reported first (loudly when any photo degraded).
+        note: the configuration's note (e.g. the tiny setting's), shown at the top.
+        confidence: a `g3.evaluation.selective.confidence_summary` (runs with a fitted ranker), or None.
+    """
     run = Path(run_dir)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {title}", "", f"Written {when}.", ""]
@@ -428,58 +445,27 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    run_dir: str | os.PathLike[str],
-    *,
-    title: str,
-    dataset: str | EvalDataset,
-    metrics: Mapping[str, Any],
-    rvA: Mapping[str, Any] | None = None,
-    breakdowns: Mapping[str, pd.DataFrame] | None = None,
-    plots: Mapping[str, str | os.PathLike[str]] | None = None,
-    config_summary: Mapping[str, Any] | None = None,
-    git_sha: str | None = None,
-    notes: Sequence[str] | None = None,
-    degraded: Mapping[str, Any] | None = None,
-    note: str | None = None,
-    confidence: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``<run_dir>/report.md`` atomically and return its path.
+class ReportParts(TypedDict, total=False):
+    """What a report shows: the keyword arguments of `render_report`, which `write_report` passes on."""
 
-    Args:
-        run_dir: the run folder (created if absent).
-        title: the report's heading.
-        dataset: the dataset's name, or the `EvalDataset` (its source, image folder and missing images
-            are then reported too).
-        metrics: a `g3.evaluation.metrics.summarize` report (accuracy fractions, convention, n, denominator).
-        rvA: a `g3.evaluation.metrics.recall_vs_area` report, or None.
-        breakdowns: group column → `g3.evaluation.breakdown.breakdown` frame (continent, country, scene…).
-        plots: plot name → PNG path; linked relative to ``run_dir``.
-        config_summary: settings worth printing (values that are not text are shown as JSON).
-        git_sha: the commit of the code, or None.
-        notes: free lines, e.g. how many images were missing or failed.
-        degraded: a `g3.evaluation.degraded.degraded_summary`, reported first (loudly when any photo degraded).
-        note: the configuration's note (e.g. the tiny setting's), shown at the top.
-        confidence: a `g3.evaluation.selective.confidence_summary` (runs with a fitted ranker), or None.
-    """
-    run = Path(run_dir)
-    text = render_report(
-        run,
-        title=title,
-        dataset=dataset,
-        metrics=metrics,
-        rvA=rvA,
-        breakdowns=breakdowns,
-        plots=plots,
-        config_summary=config_summary,
-        git_sha=git_sha,
-        notes=notes,
-        degraded=degraded,
-        note=note,
-        confidence=confidence,
-    )
-    path = run / REPORT_NAME
-    atomic_write_text(path, text)
+    title: Required[str]
+    dataset: Required[str | EvalDataset]
+    metrics: Required[Mapping[str, Any]]
+    rvA: Mapping[str, Any] | None
+    breakdowns: Mapping[str, pd.DataFrame] | None
+    plots: Mapping[str, str | os.PathLike[str]] | None
+    config_summary: Mapping[str, Any] | None
+    git_sha: str | None
+    notes: Sequence[str] | None
+    degraded: Mapping[str, Any] | None
+    note: str | None
+    confidence: Mapping[str, Any] | None
+
+
+def write_report(run_dir: str | os.PathLike[str], **parts: Unpack[ReportParts]) -> Path:
+    """Write `render_report`'s text (same arguments) to ``<run_dir>/report.md`` atomically; returns its path."""
+    path = Path(run_dir) / REPORT_NAME
+    atomic_write_text(path, render_report(run_dir, **parts))
     return path
 
 

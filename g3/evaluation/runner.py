@@ -21,13 +21,14 @@ LMM fails for each of its first photos, and a finished run with too many degrade
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,11 @@ PREDICTIONS = "predictions.jsonl"
 CONFIG = "config.yaml"
 #: Breakdowns list at least this many of the largest groups, however small (a short run's groups all are).
 BREAKDOWN_MIN_LISTED = 8
+
+#: One photo to locate: ``(img_id, image path, truth (lat, lon) or None)``.
+Item = tuple[str, Path, tuple[float, float] | None]
+#: ``done(b, records)``: a `Locator` hands back batch ``b``'s records.
+BatchDone = Callable[[int, list[dict[str, Any]]], None]
 
 
 def git_sha() -> str | None:
@@ -129,9 +135,7 @@ def _check_config(run_dir: Path, config: G3Config) -> None:
         atomic_write_text(path, yaml.safe_dump(current, sort_keys=True))
 
 
-def locate_chunk(
-    g3: G3, chunk: list[tuple[str, Path, tuple[float, float] | None]], *, concurrency: int = 4, pools: bool = False
-) -> list[dict[str, Any]]:
+def locate_chunk(g3: G3, chunk: list[Item], *, concurrency: int = 4, pools: bool = False) -> list[dict[str, Any]]:
     """Locate ``(img_id, image path, truth or None)`` items together; their JSONL records, in order.
 
     An image that cannot be read or located (a `G3Error` or `OSError`) gives a record with its error; any
@@ -225,9 +229,35 @@ class PredictionWriter:
             self.bar.set_postfix({f"≤{t:g}km": f"{100 * h / self.located:.1f}%" for t, h in self.hits.items()})
 
 
+class Locator(abc.ABC):
+    """Where a run's photos are located: `InProcess` (one `G3` here) or on Ray workers
+    (`g3.evaluation.distributed.RayLocator`). The runner around it is the same."""
+
+    #: the configuration the photos are located with (saved in the run folder, checked on resume)
+    config: G3Config
+    #: added to the progress bar's label
+    label: str = ""
+
+    @abc.abstractmethod
+    def locate(self, batches: list[list[Item]], done: BatchDone, *, concurrency: int, pools: bool) -> None:
+        """Locate every batch (`locate_chunk`'s records), calling ``done(b, records)`` as batch ``b`` finishes,
+        in any order; a failure stops the run (the batches already done are kept)."""
+
+
+class InProcess(Locator):
+    """Batches located one after the other by a `G3` in this process."""
+
+    def __init__(self, g3: G3) -> None:
+        self.g3, self.config = g3, g3.config
+
+    def locate(self, batches: list[list[Item]], done: BatchDone, *, concurrency: int, pools: bool) -> None:
+        for number, batch in enumerate(batches):
+            done(number, locate_chunk(self.g3, batch, concurrency=concurrency, pools=pools))
+
+
 def locate_into(
-    g3: G3,
-    items: list[tuple[str, Path, tuple[float, float] | None]],
+    g3: G3 | Locator,
+    items: list[Item],
     path: Path,
     *,
     batch_size: int = 16,
@@ -240,17 +270,30 @@ def locate_into(
     pools: Path | None = None,
 ) -> None:
     """Locate ``(img_id, image path, truth or None)`` items, appending one JSONL line each to ``path``
-    (flushed and fsynced after every batch); the progress bar shows running accuracy when truth is known.
-    ``fail_fast``: see `PredictionWriter` (the first batch then holds that many photos); ``pools``: the
-    file that gets each located image's candidate pool."""
+    (flushed and fsynced after every batch, in the order of ``items`` whatever order the batches finish in);
+    the progress bar shows running accuracy when truth is known. ``fail_fast``: see `PredictionWriter` (the
+    first batch then holds that many photos); ``pools``: the file that gets each located image's candidate
+    pool; ``on_batch(b)``: called after batch ``b`` is written."""
+    locator = g3 if isinstance(g3, Locator) else InProcess(g3)
     total = len(items) if total is None else total
-    reasons = fail_fast_reasons(g3.config.pipeline.mode, g3.config.verify.mode)
-    with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc,
+    reasons = fail_fast_reasons(locator.config.pipeline.mode, locator.config.verify.mode)
+    batches = [items[start:stop] for start, stop in batch_bounds(len(items), batch_size, first=fail_fast)]
+    with PredictionWriter(path, total=total, initial=total - len(items), progress=progress, desc=desc + locator.label,
                           fail_fast=fail_fast, fail_reasons=reasons, pools=pools) as writer:  # fmt: skip
-        for number, (start, stop) in enumerate(batch_bounds(len(items), batch_size, first=fail_fast)):
-            writer.write(locate_chunk(g3, items[start:stop], concurrency=concurrency, pools=pools is not None))
-            if on_batch is not None:
-                on_batch(number)
+        finished: dict[int, list[dict[str, Any]]] = {}
+        next_batch = 0
+
+        def done(number: int, records: list[dict[str, Any]]) -> None:
+            nonlocal next_batch
+            finished[number] = records
+            while next_batch in finished:
+                writer.write(finished.pop(next_batch))
+                if on_batch is not None:
+                    on_batch(next_batch)
+                next_batch += 1
+
+        if batches:
+            locator.locate(batches, done, concurrency=concurrency, pools=pools is not None)
 
 
 def batch_bounds(count: int, batch_size: int, *, first: int = 0) -> list[tuple[int, int]]:
@@ -268,7 +311,7 @@ def batch_bounds(count: int, batch_size: int, *, first: int = 0) -> list[tuple[i
 
 def pending_items(
     run: Path, dataset: EvalDataset, config: G3Config, *, limit: int | None = None
-) -> tuple[int, list[tuple[str, Path, tuple[float, float] | None]]]:
+) -> tuple[int, list[Item]]:
     """Prepare the run folder (a resumed run must have the same configuration): the number of images the
     run covers, and ``(img_id, path, truth)`` of those not in its ``predictions.jsonl`` yet, in dataset order."""
     run.mkdir(parents=True, exist_ok=True)
@@ -277,7 +320,7 @@ def pending_items(
     if limit is not None:
         todo_frame = todo_frame.head(limit)
     done = {r["img_id"] for r in read_predictions(run / PREDICTIONS)}
-    items: list[tuple[str, Path, tuple[float, float] | None]] = [
+    items: list[Item] = [
         (str(row.IMG_ID), dataset.image_path(str(row.IMG_ID)), (float(row.LAT), float(row.LON)))  # type: ignore[arg-type]
         for row in todo_frame.itertuples(index=False)
         if str(row.IMG_ID) not in done
@@ -288,7 +331,7 @@ def pending_items(
 
 
 def run_evaluation(
-    g3: G3,
+    g3: G3 | Locator,
     dataset: EvalDataset,
     run_dir: str | Path,
     *,
@@ -301,20 +344,36 @@ def run_evaluation(
     fail_fast: int = DEFAULT_FAIL_FAST,
     max_degraded: float | None = None,
 ) -> dict[str, Any]:
-    """Locate the dataset's images (resuming), then write metrics, report and plots; returns the metrics.
+    """Locate the dataset's images (resuming) with ``g3`` (or another `Locator`), then write metrics, report and
+    plots; returns the metrics. ``on_batch(b)`` is called after batch ``b`` is written (in order).
 
     Raises `LMMUnavailableError` (nothing of those photos written) when the LMM failed for each of the first
     ``fail_fast`` photos located (0: never stop), and `DegradedRunError` after writing everything when more
     than ``max_degraded`` (a fraction; None: no limit) of the located photos are degraded.
     `g3.evaluation.distributed.run_evaluation_ray` does the same on Ray workers.
     """
+    locator = g3 if isinstance(g3, Locator) else InProcess(g3)
     run = Path(run_dir)
-    total, items = pending_items(run, dataset, g3.config, limit=limit)
-    locate_into(g3, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
+    total, items = pending_items(run, dataset, locator.config, limit=limit)
+    locate_into(locator, items, run / PREDICTIONS, batch_size=batch_size, concurrency=concurrency, progress=progress,
                 desc=dataset.name, total=total, on_batch=on_batch, fail_fast=fail_fast, pools=run / POOLS)  # fmt: skip
-    payload = finalize(run, dataset, g3.config, convention=convention, limit=limit)
+    payload = finalize(run, dataset, locator.config, convention=convention, limit=limit)
     check_degraded_share(payload, max_degraded)
     return payload
+
+
+class EvalSettings(TypedDict, total=False):
+    """The keyword arguments of `run_evaluation` after the dataset and run folder (for the callers that pass
+    them on, as `g3.evaluation.distributed.run_evaluation_ray` does)."""
+
+    batch_size: int
+    concurrency: int
+    limit: int | None
+    progress: bool
+    convention: Convention
+    on_batch: Callable[[int], None] | None
+    fail_fast: int
+    max_degraded: float | None
 
 
 def finalize(

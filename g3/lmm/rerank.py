@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from g3.errors import G3Error
+from g3.errors import RerankError
 from g3.lmm.base import LMMRequest
 from g3.lmm.prompts import PromptError, load_template
 
@@ -27,10 +27,6 @@ RERANK_TAG = "lmm_rerank"
 # {"choice":20} is 12 characters; tokenizers split it into at most 12 tokens, so 16 never cut a constrained answer
 _MAX_TOKENS = 16
 _OBJECT = re.compile(r"\{[^{}]*\}")
-
-
-class RerankError(G3Error):
-    """An LMM rerank answer that names no valid candidate."""
 
 
 @dataclass(frozen=True)
