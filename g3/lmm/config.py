@@ -22,7 +22,7 @@ class LMMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str = Field(default=DEFAULT_BACKEND, description="none | vllm | openai | transformers")
+    backend: str = Field(default=DEFAULT_BACKEND, description="a name of g3.lmm.registry.BACKENDS")
     model: str = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="hub id, local folder, or served name")
     timeout_s: float = Field(default=120.0, gt=0, description="limit for all prompts of one image")
     batch_window_ms: float = Field(default=5.0, ge=0, description="micro-batching window across concurrent prompts")
