@@ -7,9 +7,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from g3.index.importer import LinkMode
 
 
 def setup_logging(verbose: bool) -> None:
@@ -23,7 +26,25 @@ def setup_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+#: The --min-image-bytes option of the commands that read a corpus.
+MinImageBytes = Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")]
+
+
+def corpus_options(
+    csv: Path, images: Path, *, min_image_bytes: int, require_country: bool, verify_images: bool
+) -> dict[str, Any]:
+    """A corpus's options as `load_corpus` takes them (and a training run records them in corpus.json)."""
+    return {
+        "csv": str(csv),
+        "images": str(images),
+        "min_image_bytes": min_image_bytes,
+        "require_country": require_country,
+        "verify_images": verify_images,
+    }
+
+
 def load_corpus(options: dict[str, Any]) -> Any:
+    """The `GeoCorpus` of ``options`` (see `corpus_options`)."""
     from g3.data import GeoCorpus
 
     return GeoCorpus.load(
@@ -115,7 +136,9 @@ def ray_options(ray: bool, address: str | None, workers: int | None, cpus: float
     return RayOptions(address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
 
 
-def check_link(link: str) -> None:
-    """Refuse a --link value that `g3.index.importer.place_file` does not take (before anything loads)."""
+def check_link(link: str) -> LinkMode:
+    """--link as `g3.index.importer.place_file` takes it; a value it does not take is refused before anything
+    loads."""
     if link not in ("auto", "hardlink", "copy", "symlink"):
         raise typer.BadParameter(f"--link must be auto, hardlink, copy or symlink, not {link!r}")
+    return cast("LinkMode", link)

@@ -37,8 +37,7 @@ def fetch_official_command(
     convert and import them, and write a bundle (g3.yaml) with the paper's settings. A second run is a no-op."""
     from g3.fetch.official import fetch_official
 
-    check_link(link)
-    result = fetch_official(to, source=source, clip=clip, trust_pickle=trust_pickle, link=link,  # type: ignore[arg-type]
+    result = fetch_official(to, source=source, clip=clip, trust_pickle=trust_pickle, link=check_link(link),
                             progress=progress)  # fmt: skip
     if not result.done:
         typer.echo(f"{result.folder} is complete (fetched {result.record.get('completed_at')}); nothing to do")

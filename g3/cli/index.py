@@ -10,6 +10,7 @@ import typer
 
 from g3.cli._common import (
     CHECKPOINT_HELP,
+    MinImageBytes,
     RayAddress,
     RayCpus,
     RayFlag,
@@ -17,12 +18,22 @@ from g3.cli._common import (
     RayWorkers,
     check_link,
     checkpoint_folder,
+    corpus_options,
     load_corpus,
     ray_options,
     torch_device,
 )
 
 index_app = typer.Typer(help="Geo index: build from a corpus, inspect, search.", no_args_is_help=True)
+
+# FAISS search parameters of `index build` and `index convert`
+NProbe = Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")]
+EfSearch = Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")]
+
+
+def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
+    """The FAISS search parameters given on the command line, as an index stores them."""
+    return {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
 
 
 @index_app.command("build")
@@ -36,11 +47,11 @@ def index_build(
     shard_size: Annotated[int, typer.Option(help="Corpus rows per resumable shard.")] = 65_536,
     workers: Annotated[int, typer.Option(help="Image-decoding worker processes.")] = 4,
     train_size: Annotated[int | None, typer.Option(help="Training sample for IVF/PQ kinds.")] = None,
-    nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
-    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
+    nprobe: NProbe = None,
+    ef_search: EfSearch = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (--ray: see --ray-gpus-per-worker)")] = "auto",
     require_country: Annotated[bool, typer.Option(help="Drop corpus rows without a country.")] = False,
-    min_image_bytes: Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")] = 5120,
+    min_image_bytes: MinImageBytes = 5120,
     fill_location_text: Annotated[bool, typer.Option(help="Fill missing city/state/country offline.")] = True,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished build of --out.")] = False,
     keep_shards: Annotated[bool, typer.Option(help="Keep the encoded shards after assembling.")] = False,
@@ -66,29 +77,13 @@ def index_build(
     from g3.index import IndexBuildConfig, build_index
     from g3.models import GeoAligner
 
-    params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
-    config = IndexBuildConfig(
-        kind=kind,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        num_workers=workers,
-        train_size=train_size,
-        search_params=params,
-        keep_shards=keep_shards,
-        fill_location_text=fill_location_text,
-        tf32=tf32,
-        threads=threads,
-    )
+    config = IndexBuildConfig(kind=kind, batch_size=batch_size, shard_size=shard_size, num_workers=workers,
+                              train_size=train_size, search_params=search_params(nprobe, ef_search),
+                              keep_shards=keep_shards, fill_location_text=fill_location_text, tf32=tf32,
+                              threads=threads)  # fmt: skip
     options = ray_options(ray, ray_address, ray_workers, ray_cpus_per_worker, ray_gpus_per_worker)
-    data = load_corpus(
-        {
-            "csv": str(corpus),
-            "images": str(images),
-            "min_image_bytes": min_image_bytes,
-            "require_country": require_country,
-            "verify_images": False,
-        }
-    )
+    data = load_corpus(corpus_options(corpus, images, min_image_bytes=min_image_bytes, require_country=require_country,
+                                      verify_images=False))  # fmt: skip
     if options is not None:
         from g3.index.distributed import build_index_ray
 
@@ -124,9 +119,9 @@ def index_import(
     a sample of keys, streams the CSV to the metadata and memory-maps the vectors."""
     from g3.index.importer import import_faiss_index
 
-    check_link(link)
+    mode = check_link(link)
     index = import_faiss_index(faiss_file, metadata, checkpoint_folder(checkpoint), out, verify_images=verify_images,
-                               samples=samples, progress=progress, link=link)  # type: ignore[arg-type]  # fmt: skip
+                               samples=samples, progress=progress, link=mode)  # fmt: skip
     verified = index.manifest.build.get("verified_images", 0)
     note = f"; {verified} photos verified against their rows" if verified else ""
     typer.echo(f"wrote {out}: {len(index)} rows of width {index.dim} imported ({index.manifest.build['placed']}){note}")
@@ -145,8 +140,8 @@ def index_convert(
     out: Annotated[Path, typer.Option("--out", help="Index folder to write.")],
     chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read and added at a time (bounds memory).")] = 65_536,
     train_size: Annotated[int | None, typer.Option(min=1, help="Training sample (default ≤100,000 rows).")] = None,
-    nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per search (stored as default).")] = None,
-    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (stored as default).")] = None,
+    nprobe: NProbe = None,
+    ef_search: EfSearch = None,
     candidates: Annotated[int, typer.Option(min=1, help="Two-stage: rows re-scored exactly per query.")] = 1024,
     rerank_dtype: Annotated[
         str, typer.Option(help="Two-stage: float32 or float16 vectors on disk (half the disk, ~4.5 ms more a query).")
@@ -162,8 +157,8 @@ def index_convert(
 
     if rerank_dtype not in ("float16", "float32"):
         raise typer.BadParameter(f"--rerank-dtype must be float16 or float32, not {rerank_dtype!r}")
-    params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
-    config = ConvertConfig(kind=kind, chunk_rows=chunk_rows, train_size=train_size, search_params=params,
+    config = ConvertConfig(kind=kind, chunk_rows=chunk_rows, train_size=train_size,
+                           search_params=search_params(nprobe, ef_search),
                            candidates=candidates, rerank_dtype=rerank_dtype, queries=queries, k=k)  # type: ignore[arg-type]  # fmt: skip
     index = convert_index(src, out, config, restart=restart, progress=progress)
     report = json.loads((out / CONVERT_REPORT).read_text(encoding="utf-8"))

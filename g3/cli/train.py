@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from g3.cli._common import CHECKPOINT_HELP, checkpoint_folder, load_corpus
+from g3.cli._common import CHECKPOINT_HELP, MinImageBytes, checkpoint_folder, corpus_options, load_corpus
 from g3.errors import TrainingError
 
 aligner_app = typer.Typer(help="Geo-aligner checkpoints: convert G3's official weights, inspect.", no_args_is_help=True)
@@ -43,7 +43,7 @@ def train(
     mixed_precision: Annotated[str | None, typer.Option(help="no | fp16 | bf16")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Turn augmentation off.")] = False,
     require_country: Annotated[bool, typer.Option(help="Drop rows without a country (G3).")] = True,
-    min_image_bytes: Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")] = 5120,
+    min_image_bytes: MinImageBytes = 5120,
     verify_images: Annotated[bool, typer.Option(help="Decode every image once before training.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
 ) -> None:
@@ -72,9 +72,9 @@ def train(
             raise TrainingError(f"cannot resume: {out} has no train_config.json; is it a g3 training run?")
         train_data = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
         aligner_data = json.loads((out / "aligner_config.json").read_text(encoding="utf-8"))
-        corpus_options = json.loads((out / CORPUS_FILE).read_text(encoding="utf-8"))
+        corpus_args = json.loads((out / CORPUS_FILE).read_text(encoding="utf-8"))
         if corpus is not None or images is not None:
-            corpus_options.update({k: str(v) for k, v in (("csv", corpus), ("images", images)) if v is not None})
+            corpus_args.update({k: str(v) for k, v in (("csv", corpus), ("images", images)) if v is not None})
     else:
         if corpus is None or images is None:
             raise typer.BadParameter("--corpus and --images are required (except with --resume)")
@@ -87,22 +87,17 @@ def train(
             train_data["init_location_encoder"] = "keep"
         if no_augment:
             train_data.setdefault("augment", {})["enabled"] = False
-        corpus_options = {
-            "csv": str(corpus),
-            "images": str(images),
-            "min_image_bytes": min_image_bytes,
-            "require_country": require_country,
-            "verify_images": verify_images,
-        }
+        corpus_args = corpus_options(corpus, images, min_image_bytes=min_image_bytes, require_country=require_country,
+                                    verify_images=verify_images)  # fmt: skip
     train_config = TrainConfig.model_validate({**train_data, **overrides})
     if init is not None:
         aligner = GeoAligner.from_pretrained(str(checkpoint_folder(init)), clip_source=clip)
     else:
         aligner = GeoAligner.from_clip(AlignerConfig.model_validate(aligner_data), seed=train_config.seed)
-    data = load_corpus(corpus_options)
+    data = load_corpus(corpus_args)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CORPUS_FILE, corpus_options)
+        atomic_write_json(out / CORPUS_FILE, corpus_args)
     result = train_aligner(aligner, data, train_config, out, resume=resume)
     if result.validations:
         typer.echo(json.dumps(result.validations[-1], indent=2))
@@ -149,20 +144,13 @@ def corpus_check(
     csv: Annotated[Path, typer.Argument(help="Corpus CSV.")],
     images: Annotated[Path, typer.Option("--images", help="Image folder or tar.")],
     require_country: Annotated[bool, typer.Option(help="Drop rows without a country (G3).")] = True,
-    min_image_bytes: Annotated[int, typer.Option(help="Drop images smaller than this (G3: 5120).")] = 5120,
+    min_image_bytes: MinImageBytes = 5120,
     verify_images: Annotated[bool, typer.Option(help="Decode every image (slow).")] = False,
     report: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
 ) -> None:
     """Load a corpus as training would and print what would be kept and dropped, and why."""
-    data = load_corpus(
-        {
-            "csv": str(csv),
-            "images": str(images),
-            "min_image_bytes": min_image_bytes,
-            "require_country": require_country,
-            "verify_images": verify_images,
-        }
-    )
+    data = load_corpus(corpus_options(csv, images, min_image_bytes=min_image_bytes, require_country=require_country,
+                                      verify_images=verify_images))  # fmt: skip
     typer.echo(data.report.summary())
     if report is not None:
         data.report.save(report)
