@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 if TYPE_CHECKING:
+    from g3.agent.config import G3Config
+    from g3.data import GeoCorpus
     from g3.index.importer import LinkMode
+    from g3.ray_support import RayOptions
 
 
 def setup_logging(verbose: bool) -> None:
@@ -43,7 +46,7 @@ def corpus_options(
     }
 
 
-def load_corpus(options: dict[str, Any]) -> Any:
+def load_corpus(options: dict[str, Any]) -> GeoCorpus:
     """The `GeoCorpus` of ``options`` (see `corpus_options`)."""
     from g3.data import GeoCorpus
 
@@ -116,7 +119,7 @@ LMMModel = Annotated[
 ]
 
 
-def load_settings(config: Path, lmm_url: str | None, lmm_model: str | None) -> Any:
+def load_settings(config: Path, lmm_url: str | None, lmm_model: str | None) -> G3Config:
     """The `G3Config` of --config with --lmm-url/--lmm-model applied; a bad configuration, or the paper's
     assets not fetched yet, is reported before the models are imported."""
     from g3.agent.config import G3Config, with_lmm
@@ -127,11 +130,11 @@ def load_settings(config: Path, lmm_url: str | None, lmm_model: str | None) -> A
     return settings
 
 
-def ray_options(ray: bool, address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
+def ray_options(ray: bool, address: str | None, workers: int | None, cpus: float, gpus: float) -> RayOptions | None:
     """`RayOptions` when --ray or --ray-address is given, else None (a single-process run)."""
     if not ray and address is None:
         return None
-    from g3.index.distributed import RayOptions
+    from g3.ray_support import RayOptions
 
     return RayOptions(address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
 
