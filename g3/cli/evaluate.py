@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from g3.cli._common import RayAddress, RayCpus, RayFlag, RayGpus, RayWorkers, ray_options
+
+if TYPE_CHECKING:
+    from g3.agent.config import G3Config
+    from g3.evaluation.metrics import Convention
 
 eval_app = typer.Typer(help="Evaluation: IM2GPS3k / YFCC4k runs, scoring prediction files, comparing runs.",
                        no_args_is_help=True)  # fmt: skip
@@ -94,7 +98,7 @@ def eval_run(
     typer.echo(f"report: {out / 'report.md'}")
 
 
-def _with_ranker(config: Path, ranker: Path | None) -> Any:
+def _with_ranker(config: Path, ranker: Path | None) -> G3Config:
     """The `G3Config` of ``config`` with ``verify.ranker`` set to ``ranker`` (an absolute path) when given."""
     from g3.agent.config import G3Config
 
@@ -105,12 +109,13 @@ def _with_ranker(config: Path, ranker: Path | None) -> Any:
     return G3Config.model_validate(settings.model_dump() | {"verify": verify})
 
 
-def _convention(name: str) -> Any:
+def _convention(name: str) -> Convention:
+    """--convention as the metrics take it; an unknown one is refused before anything loads."""
     from g3.evaluation.metrics import CONVENTIONS
 
     if name not in CONVENTIONS:
         raise typer.BadParameter(f"unknown convention {name!r}; choose {', '.join(CONVENTIONS)}")
-    return name
+    return cast("Convention", name)
 
 
 def _accuracy_line(metrics: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,10 @@ from g3.cli._common import (
     ray_options,
     torch_device,
 )
+
+if TYPE_CHECKING:
+    from g3.models import GeoAligner
+    from g3.models.aligner import ImageEmbeddings
 
 index_app = typer.Typer(help="Geo index: build from a corpus, inspect, search.", no_args_is_help=True)
 
@@ -181,7 +185,7 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
     typer.echo(json.dumps(read_manifest(index).model_dump(mode="json"), indent=2, sort_keys=True))
 
 
-def _encode_photos(checkpoint: str, device: str, images: list[Path]) -> tuple[Any, Any]:
+def _encode_photos(checkpoint: str, device: str, images: list[Path]) -> tuple[GeoAligner, ImageEmbeddings]:
     """Load an aligner checkpoint on ``device`` and embed the photos: ``(aligner, ImageEmbeddings)``."""
     import torch
 

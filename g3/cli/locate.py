@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from g3.cli._common import ConfigOption, LMMModel, LMMUrl, load_settings
 from g3.errors import G3Error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from g3.agent.config import G3Config
+    from g3.agent.prediction import GeoPrediction
+    from g3.agent.results import ResultsCSV
+
+    #: A photo's outcome: its prediction, or the error that stopped it.
+    Outcome = GeoPrediction | BaseException
 
 
 def locate(
@@ -71,7 +81,7 @@ def locate(
         for p in inputs
         if results_file is None or not results_file.done(p, retry_degraded=retry_degraded, requirements=requirements)
     ]
-    outcomes: dict[Path, Any] = {}
+    outcomes: dict[Path, Outcome] = {}
     for photo in todo:
         problem = check_photo(photo)
         if problem is not None:
@@ -119,16 +129,16 @@ def _requirements(specs: list[str] | None) -> dict[str, float]:
         raise typer.BadParameter(str(exc), param_hint="--min-confidence") from None
 
 
-def _withheld_count(outcomes: dict[Path, Any], requirements: dict[str, float]) -> int:
+def _withheld_count(outcomes: dict[Path, Outcome], requirements: dict[str, float]) -> int:
     from g3.agent.abstention import shortfalls
 
     return sum(1 for r in outcomes.values() if not isinstance(r, BaseException) and shortfalls(r, requirements))
 
 
 def _locate_files(
-    photos: list[Path], config: Any, results_file: Any, *, concurrency: int, chunk_size: int, explain: bool,
-    quiet: bool, progress: bool, requirements: dict[str, float] | None = None,
-) -> dict[Path, Any]:  # fmt: skip
+    photos: list[Path], config: G3Config, results_file: ResultsCSV | None, *, concurrency: int, chunk_size: int,
+    explain: bool, quiet: bool, progress: bool, requirements: dict[str, float] | None = None,
+) -> dict[Path, Outcome]:  # fmt: skip
     """Load G3 and locate ``photos`` chunk by chunk, printing each result (only errors, degradations and
     withheld answers when ``quiet``) and appending each chunk to ``results_file``; each photo's prediction or
     `G3Error`. A prediction missing a ``requirements`` probability is printed and written as withheld."""
@@ -137,7 +147,7 @@ def _locate_files(
     from g3.agent import G3
     from g3.agent.results import result_row
 
-    outcomes: dict[Path, Any] = {}
+    outcomes: dict[Path, Outcome] = {}
     bar = tqdm(total=len(photos), unit="photo", desc="locate", disable=not progress or len(photos) <= chunk_size)
 
     def say(text: str, err: bool = False) -> None:
@@ -164,8 +174,9 @@ def _locate_files(
 
 
 def _print_result(
-    photo: Path, result: Any, say: Any, *, explain: bool, quiet: bool, requirements: dict[str, float] | None = None
-) -> None:
+    photo: Path, result: Outcome, say: Callable[..., None], *, explain: bool, quiet: bool,
+    requirements: dict[str, float] | None = None,
+) -> None:  # fmt: skip
     """One photo's lines: an error or its answer (or WITHHELD, with the probability, instead of an answer), its
     degradations (loud, on stderr), confidence, notes, explanation."""
     from g3.agent.abstention import confidence_text, shortfalls, withheld_text
@@ -194,7 +205,7 @@ def _print_result(
         say(_explanation(result))
 
 
-def _json_entry(photo: Path, result: Any, requirements: dict[str, float] | None = None) -> dict[str, Any]:
+def _json_entry(photo: Path, result: Outcome, requirements: dict[str, float] | None = None) -> dict[str, Any]:
     """A --json entry: the photo's path, then its prediction, its withheld prediction (no answer fields, a
     ``withheld`` list) or its error."""
     from g3.agent.abstention import shortfalls, withheld_payload
@@ -213,7 +224,8 @@ def _shown_text(text: str, limit: int = 100) -> str:
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
-def _explanation(prediction: Any) -> str:
+def _explanation(prediction: GeoPrediction) -> str:
+    """--explain's lines: candidates, similar images, LMM usage and first answers, timings."""
     lines = ["  candidates (best first):"]
     for c in prediction.candidates:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in c.components.items())
