@@ -26,10 +26,10 @@ import pytest
 from PIL import Image
 
 from g3.errors import G3Error
+from g3.errors import ImageFetchError as FetchError
 from g3.media import image_format as sniff_image_type
 from g3.serve import fetch as fetch_module
 from g3.serve.fetch import (
-    FetchError,
     FetchPolicy,
     decode_data_url,
     fetch_image,

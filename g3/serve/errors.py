@@ -90,7 +90,13 @@ def api_error(exc: BaseException, *, timeout_s: float | None = None) -> APIError
     if isinstance(exc, ImageFetchError):
         return APIError(exc.status, str(exc), code=exc.code, param="messages")
     if isinstance(exc, G3Error):
+        log.warning("the pipeline failed: %s", exc, exc_info=exc)
         return APIError(500, str(exc), code="pipeline_error")
+    return internal_error(exc)
+
+
+def internal_error(exc: BaseException) -> APIError:
+    """500 ``internal_error`` for a failure g3 did not foresee, logged with its stack trace (never sent)."""
     log.error("unexpected error while serving", exc_info=exc)
     return APIError(500, "internal error; see the server log", code="internal_error")
 
@@ -102,9 +108,16 @@ async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(api_error(exc))
 
 
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Anything else a route raised: 500 ``internal_error`` (a timeout is a 504 only where a request ran past
+    ``request_timeout_s``, which the chat service maps itself)."""
+    return error_response(internal_error(exc))
+
+
 async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """422 naming the first invalid field of the body."""
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    assert isinstance(exc, RequestValidationError)  # registered for it only
+    errors = exc.errors()
     first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     message = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {where}" if where else "")
@@ -113,8 +126,8 @@ async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (404 no route, 405 method) in the API's error shape."""
-    status, detail = (exc.status_code, exc.detail) if isinstance(exc, StarletteHTTPException) else (500, str(exc))
-    return error_response(APIError(status, str(detail), code="http_error"))
+    assert isinstance(exc, StarletteHTTPException)  # registered for it only
+    return error_response(APIError(exc.status_code, str(exc.detail), code="http_error"))
 
 
 #: The app's exception handlers, by the exception type they answer.
@@ -123,5 +136,5 @@ EXCEPTION_HANDLERS = {
     G3Error: on_api_error,
     RequestValidationError: on_invalid_request,
     StarletteHTTPException: on_http_error,
-    Exception: on_api_error,
+    Exception: on_unexpected,
 }

@@ -1,7 +1,7 @@
 """Image bytes from the ``image_url`` of a chat request: ``data:``, ``file:`` and ``http(s):`` URLs, fetched safely.
 
 `fetch_image` refuses everything a `FetchPolicy` does not allow. By default only ``data:`` URLs work; ``file:``
-needs ``file_root`` and ``http(s):`` needs ``allowed_hosts``. Every refusal is a `FetchError` carrying the HTTP
+needs ``file_root`` and ``http(s):`` needs ``allowed_hosts``. Every refusal is a `ImageFetchError` carrying the HTTP
 status the server should answer and a short machine ``code``:
 
 ====  ==================================================================================================
@@ -74,10 +74,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-#: The error `fetch_image` raises (`g3.errors.ImageFetchError`), by the name this module has always used.
-FetchError = ImageFetchError
-
-
 @dataclass(frozen=True)
 class FetchPolicy:
     """What `fetch_image` may fetch.
@@ -121,23 +117,25 @@ class FetchPolicy:
 async def fetch_image(url: str, policy: FetchPolicy) -> bytes:
     """The bytes of the image at ``url`` (``data:``, ``file:``, ``http:`` or ``https:``), as ``policy`` allows.
 
-    Raises `FetchError` (with ``status`` and ``code``) for anything refused or failed. The bytes are not decoded
+    Raises `ImageFetchError` (with ``status`` and ``code``) for anything refused or failed. The bytes are not decoded
     here: pass them to `g3.data.query_image.load_query_image`.
     """
     if not isinstance(url, str) or not url.strip():
-        raise FetchError(400, "bad_url", "the image URL is empty; send a data:, https: or file: URL")
+        raise ImageFetchError(400, "bad_url", "the image URL is empty; send a data:, https: or file: URL")
     url = url.strip()
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "data":
         return decode_data_url(url, max_bytes=policy.max_bytes)
     if len(url) > MAX_URL_CHARS:
-        raise FetchError(400, "bad_url", f"the image URL is {len(url):,} characters long; at most {MAX_URL_CHARS:,}")
+        raise ImageFetchError(
+            400, "bad_url", f"the image URL is {len(url):,} characters long; at most {MAX_URL_CHARS:,}"
+        )
     if scheme == "file":
         return await asyncio.to_thread(_read_file_url, url, policy)
     if scheme in ("http", "https"):
         return await _fetch_http(url, policy)
     shown = f"{scheme}:" if scheme else "a URL without a scheme"
-    raise FetchError(
+    raise ImageFetchError(
         400, "url_not_allowed", f"image URLs with {shown} are not supported; send a data:, https: or file: URL"
     )
 
@@ -153,22 +151,22 @@ def decode_data_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     ``max_bytes`` from the payload's length before anything is decoded.
     """
     if url[:5].lower() != "data:":
-        raise FetchError(400, "bad_data_url", f"{_shorten(url)!r} is not a data: URL")
+        raise ImageFetchError(400, "bad_data_url", f"{_shorten(url)!r} is not a data: URL")
     header, comma, payload = url[5:].partition(",")
     if not comma:
-        raise FetchError(
+        raise ImageFetchError(
             400, "bad_data_url", "the data: URL has no ',' before its payload; use data:image/png;base64,…"
         )
     params = [p.strip().lower() for p in header.split(";")]
     media_type = params[0] or "text/plain"  # RFC 2397's default
     if not media_type.startswith("image/") or media_type in _REFUSED_IMAGE_TYPES:
-        raise FetchError(
+        raise ImageFetchError(
             415,
             "unsupported_media_type",
             f"the data: URL holds {media_type!r}, not a raster image; send image/jpeg, image/png, image/webp, …",
         )
     if "base64" not in params[1:]:
-        raise FetchError(
+        raise ImageFetchError(
             400, "bad_data_url", f"the data: URL is not base64; send data:{media_type};base64,<base64 of the file>"
         )
     # Whitespace can at most double a sane payload's length: refuse longer ones before touching them.
@@ -181,13 +179,17 @@ def decode_data_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     if decoded_size > max_bytes:
         raise _too_large(f"the data: URL's image ({decoded_size:,} bytes)", max_bytes)
     if not text:
-        raise FetchError(400, "bad_data_url", "the data: URL's payload is empty; put the base64 of the image after ','")
+        raise ImageFetchError(
+            400, "bad_data_url", "the data: URL's payload is empty; put the base64 of the image after ','"
+        )
     if len(text) % 4 == 1:
-        raise FetchError(400, "bad_data_url", "the data: URL's payload is not valid base64 (its length is impossible)")
+        raise ImageFetchError(
+            400, "bad_data_url", "the data: URL's payload is not valid base64 (its length is impossible)"
+        )
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise FetchError(400, "bad_data_url", f"the data: URL's payload is not valid base64 ({exc})") from exc
+        raise ImageFetchError(400, "bad_data_url", f"the data: URL's payload is not valid base64 ({exc})") from exc
 
 
 _URLSAFE = str.maketrans("-_", "+/")
@@ -207,39 +209,41 @@ def _read_file_url(url: str, policy: FetchPolicy) -> bytes:
     and the open; the last component is opened with ``O_NOFOLLOW``, and only regular files are read.
     """
     if policy.file_root is None:
-        raise FetchError(
+        raise ImageFetchError(
             403, "file_urls_disabled", "file: URLs are off on this server; send the image as a data: URL instead"
         )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise FetchError(
+        raise ImageFetchError(
             400, "bad_url", f"file URL {url!r} names host {parts.netloc!r}; only local files: file:///path"
         )
     raw_path = unquote(parts.path)
     if not raw_path.startswith("/"):
-        raise FetchError(400, "bad_url", f"file URL {url!r} is not absolute; write file:///absolute/path")
+        raise ImageFetchError(400, "bad_url", f"file URL {url!r} is not absolute; write file:///absolute/path")
     if "\x00" in raw_path:
-        raise FetchError(400, "bad_url", f"file URL {url!r} contains a NUL character")
+        raise ImageFetchError(400, "bad_url", f"file URL {url!r} contains a NUL character")
     root = policy.file_root.expanduser().resolve()
     try:
         path = Path(raw_path).resolve()
     except (OSError, RuntimeError) as exc:  # symlink loops, over-long names
-        raise FetchError(400, "bad_url", f"file URL {url!r} cannot be resolved ({exc})") from exc
+        raise ImageFetchError(400, "bad_url", f"file URL {url!r} cannot be resolved ({exc})") from exc
     if not path.is_relative_to(root):
-        raise FetchError(
+        raise ImageFetchError(
             403, "file_outside_root", f"file URL {url!r} points outside the folder this server may read images from"
         )
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError as exc:
-        raise FetchError(400, "file_not_found", f"file URL {url!r}: no such file; check the path") from exc
+        raise ImageFetchError(400, "file_not_found", f"file URL {url!r}: no such file; check the path") from exc
     except OSError as exc:
-        raise FetchError(400, "file_not_found", f"file URL {url!r} cannot be opened ({exc.strerror})") from exc
+        raise ImageFetchError(400, "file_not_found", f"file URL {url!r} cannot be opened ({exc.strerror})") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FetchError(400, "file_not_found", f"file URL {url!r} is not a regular file; point it at an image")
+            raise ImageFetchError(
+                400, "file_not_found", f"file URL {url!r} is not a regular file; point it at an image"
+            )
         if info.st_size > policy.max_bytes:
             raise _too_large(f"file {url!r} ({info.st_size:,} bytes)", policy.max_bytes)
         with open(fd, "rb", closefd=False) as handle:
@@ -372,7 +376,7 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
 
 async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
     if not policy.allowed_hosts:
-        raise FetchError(
+        raise ImageFetchError(
             400,
             "url_not_allowed",
             "this server does not download http(s) image URLs; send the image as a data: URL "
@@ -394,14 +398,14 @@ async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
                     return body
                 assert location is not None
                 target = _parse_http_url(location, redirected_from=target)
-            raise FetchError(
+            raise ImageFetchError(
                 502,
                 "too_many_redirects",
                 f"{_shorten(url)!r} redirects more than max_redirects={policy.max_redirects} times; "
                 "send the final image URL",
             )
     except (TimeoutError, httpcore.TimeoutException) as exc:
-        raise FetchError(
+        raise ImageFetchError(
             504, "fetch_timeout", f"fetching {_shorten(url)!r} took longer than {policy.timeout_s:g} s; try again"
         ) from exc
 
@@ -409,21 +413,23 @@ async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
 def _parse_http_url(url: str, *, redirected_from: httpx.URL | None) -> httpx.URL:
     where = f" (redirected from {_shorten(str(redirected_from))!r})" if redirected_from is not None else ""
     if len(url) > MAX_URL_CHARS:
-        raise FetchError(400, "bad_url", f"the image URL{where} is longer than {MAX_URL_CHARS:,} characters")
+        raise ImageFetchError(400, "bad_url", f"the image URL{where} is longer than {MAX_URL_CHARS:,} characters")
     try:
         parsed = httpx.URL(url) if redirected_from is None else redirected_from.join(url)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise FetchError(400, "bad_url", f"{_shorten(url)!r}{where} is not a valid URL ({exc})") from exc
+        raise ImageFetchError(400, "bad_url", f"{_shorten(url)!r}{where} is not a valid URL ({exc})") from exc
     if parsed.scheme not in ("http", "https"):
-        raise FetchError(
+        raise ImageFetchError(
             400,
             "url_not_allowed",
             f"{_shorten(str(parsed))!r}{where}: only http and https are fetched, not {parsed.scheme}:",
         )
     if not parsed.raw_host:
-        raise FetchError(400, "bad_url", f"{_shorten(str(parsed))!r}{where} has no host")
+        raise ImageFetchError(400, "bad_url", f"{_shorten(str(parsed))!r}{where} has no host")
     if parsed.userinfo:
-        raise FetchError(400, "bad_url", f"the image URL{where} contains credentials (user:password@); remove them")
+        raise ImageFetchError(
+            400, "bad_url", f"the image URL{where} contains credentials (user:password@); remove them"
+        )
     return parsed
 
 
@@ -432,7 +438,7 @@ async def _vet(target: httpx.URL, policy: FetchPolicy, backend: _PinnedBackend, 
     host = target.raw_host.decode("ascii")
     where = " (after a redirect)" if redirected else ""
     if not host_allowed(host, policy.allowed_hosts):
-        raise FetchError(
+        raise ImageFetchError(
             400,
             "host_not_allowed",
             f"host {target.host!r}{where} is not among the hosts this server downloads images from; "
@@ -442,14 +448,14 @@ async def _vet(target: httpx.URL, policy: FetchPolicy, backend: _PinnedBackend, 
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError(502, "upstream_error", f"host {target.host!r}{where} cannot be resolved ({exc})") from exc
+        raise ImageFetchError(502, "upstream_error", f"host {target.host!r}{where} cannot be resolved ({exc})") from exc
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)))
     if not addresses:
-        raise FetchError(502, "upstream_error", f"host {target.host!r}{where} has no IPv4 or IPv6 address")
+        raise ImageFetchError(502, "upstream_error", f"host {target.host!r}{where} has no IPv4 or IPv6 address")
     if not policy.allow_private_networks:
         refused = [a for a in addresses if not is_public_address(a)]
         if refused:
-            raise FetchError(
+            raise ImageFetchError(
                 403,
                 "private_address",
                 f"host {target.host!r}{where} resolves to a non-public address ({refused[0]}); "
@@ -461,7 +467,7 @@ async def _vet(target: httpx.URL, policy: FetchPolicy, backend: _PinnedBackend, 
 async def _get(
     pool: httpcore.AsyncConnectionPool, target: httpx.URL, policy: FetchPolicy
 ) -> tuple[bytes | None, str | None]:
-    """One GET: ``(body, None)`` for an image, ``(None, location)`` for a redirect; FetchError otherwise."""
+    """One GET: ``(body, None)`` for an image, ``(None, location)`` for a redirect; ImageFetchError otherwise."""
     shown = _shorten(str(target))
     request_url = httpcore.URL(scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path)
     timeouts = {
@@ -479,23 +485,23 @@ async def _get(
             if status in _REDIRECT_STATUSES:
                 location = headers.get("location")
                 if not location:
-                    raise FetchError(502, "bad_redirect", f"{shown!r} answered {status} without a Location header")
+                    raise ImageFetchError(502, "bad_redirect", f"{shown!r} answered {status} without a Location header")
                 return None, location
             if not 200 <= status < 300:
-                raise FetchError(
+                raise ImageFetchError(
                     502,
                     "upstream_status",
                     f"{shown!r} answered HTTP {status}; check the URL (the image server refused)",
                 )
             encoding = headers.get("content-encoding", "identity").lower()
             if encoding not in ("", "identity"):
-                raise FetchError(
+                raise ImageFetchError(
                     502, "upstream_error", f"{shown!r} answered compressed ({encoding}) although identity was asked"
                 )
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
             sniff = media_type in ("", "application/octet-stream")
             if not sniff and (not media_type.startswith("image/") or media_type in _REFUSED_IMAGE_TYPES):
-                raise FetchError(
+                raise ImageFetchError(
                     415, "unsupported_media_type", f"{shown!r} is {media_type!r}, not an image; link the image itself"
                 )
             length = headers.get("content-length")
@@ -509,11 +515,11 @@ async def _get(
     except (TimeoutError, httpcore.TimeoutException):
         raise  # a 504, not a 502 (TimeoutError is an OSError)
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
-        raise FetchError(502, "upstream_error", f"fetching {shown!r} failed: {_describe(exc)}") from exc
+        raise ImageFetchError(502, "upstream_error", f"fetching {shown!r} failed: {_describe(exc)}") from exc
     if not body:
-        raise FetchError(502, "upstream_error", f"{shown!r} answered HTTP {status} with an empty body")
+        raise ImageFetchError(502, "upstream_error", f"{shown!r} answered HTTP {status} with an empty body")
     if sniff and sniff_image_type(bytes(body[:HEAD_BYTES])) is None:
-        raise FetchError(
+        raise ImageFetchError(
             415,
             "unsupported_media_type",
             f"{shown!r} is {media_type or 'untyped'} and its bytes are not JPEG, PNG, WebP, GIF, BMP or TIFF",
@@ -535,8 +541,8 @@ def _cached_ssl_context(cert_file: str, cert_dir: str) -> ssl.SSLContext:
 # --- messages -------------------------------------------------------------------------------------
 
 
-def _too_large(what: str, max_bytes: int) -> FetchError:
-    return FetchError(
+def _too_large(what: str, max_bytes: int) -> ImageFetchError:
+    return ImageFetchError(
         413,
         "image_too_large",
         f"{what} is larger than this server's limit of {max_bytes:,} bytes; send a smaller image",
