@@ -146,3 +146,18 @@ def test_the_serve_default_port_is_the_one_the_quickstart_opens() -> None:
     assert f"http://127.0.0.1:{port}/" in quickstart_block()
     paper = G3Config.load(ROOT / "configs" / "paper.yaml")
     assert f":{port}/" not in str(paper.lmm.base_url)  # g3 and the LMM server it calls do not collide
+
+
+def test_every_g3_name_the_docs_import_exists() -> None:
+    """The Python examples of the README and docs/ import names that exist (a renamed class fails here)."""
+    import importlib
+
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            for module, names in re.findall(r"^\s*from (g3[\w.]*) import ([^\n#]+)", block, flags=re.M):
+                for name in (n.strip().split(" as ")[0] for n in names.strip("() ").split(",")):
+                    if name and not hasattr(importlib.import_module(module), name):
+                        missing.append(f"{page.name}: from {module} import {name}")
+    assert not missing, "\n".join(missing)
