@@ -107,3 +107,25 @@ def test_distribution_of_unlabelled_images(tiny_g3: G3, tmp_path: Path) -> None:
     assert "entropy" in report and (tmp_path / "dist" / "world_map.png").is_file()
     with pytest.raises(EvaluationError, match="not a folder"):
         run_distribution(tiny_g3, tmp_path / "nope", tmp_path / "d2", progress=False)
+
+
+def test_a_run_saved_with_every_backends_lmm_settings_resumes(tmp_path: Path) -> None:
+    """Runs written before each LMM backend had its own config type saved all backends' settings: the ones of
+    other backends had no effect, so such a run folder resumes; a difference in its own settings still refuses."""
+    import yaml
+
+    from g3.agent.config import G3Config
+    from g3.evaluation.runner import CONFIG, _check_config
+
+    config = G3Config.load("tiny")
+    flat = {"base_url": None, "api_key_env": "OPENAI_API_KEY", "max_concurrency": 8, "max_retries": 3,
+            "device": "auto", "engine_args": {}, "health_interval_s": 10.0, "backoff_max_s": 30.0,
+            "attempt_timeout_s": None}  # fmt: skip
+    saved = config.model_dump(mode="json")
+    saved["lmm"] = {**flat, **saved["lmm"]}
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(saved))
+    _check_config(tmp_path, config)  # accepted
+    saved["lmm"]["model"] = "another/model"
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(saved))
+    with pytest.raises(EvaluationError, match=r"differs in: lmm"):
+        _check_config(tmp_path, config)

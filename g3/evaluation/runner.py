@@ -124,7 +124,7 @@ def _check_config(run_dir: Path, config: G3Config) -> None:
     path = run_dir / CONFIG
     current = config.model_dump(mode="json")
     if path.is_file():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = _own_lmm_settings(yaml.safe_load(path.read_text(encoding="utf-8")))
         if saved != current:
             differs = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise EvaluationError(
@@ -133,6 +133,17 @@ def _check_config(run_dir: Path, config: G3Config) -> None:
             )
     else:
         atomic_write_text(path, yaml.safe_dump(current, sort_keys=True))
+
+
+def _own_lmm_settings(dump: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration with only its LMM backend's own settings: runs written before each backend had
+    a config type of its own saved every backend's settings, which had no effect on theirs."""
+    from g3.lmm.registry import BACKENDS, carry_over
+
+    lmm = dump.get("lmm") if isinstance(dump, dict) else None
+    if not isinstance(lmm, dict) or lmm.get("backend") not in BACKENDS:
+        return dump
+    return {**dump, "lmm": {"backend": lmm["backend"], **carry_over(lmm, lmm["backend"])}}
 
 
 def locate_chunk(g3: G3, chunk: list[Item], *, concurrency: int = 4, pools: bool = False) -> list[dict[str, Any]]:
