@@ -153,7 +153,7 @@ class G3Config(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"invalid configuration in {where}:\n{exc}") from exc
+            raise ConfigError(f"invalid configuration in {where}:\n{validation_errors(exc)}") from exc
 
 
 def with_lmm(config: G3Config, *, url: str | None = None, model: str | None = None) -> G3Config:
@@ -171,7 +171,23 @@ def with_lmm(config: G3Config, *, url: str | None = None, model: str | None = No
     try:
         return G3Config.model_validate({**config.model_dump(), "lmm": lmm})
     except ValidationError as exc:
-        raise ConfigError(f"cannot use the LMM named on the command line:\n{exc}") from exc
+        raise ConfigError(f"cannot use the LMM named on the command line:\n{validation_errors(exc)}") from exc
+
+
+def validation_errors(exc: ValidationError) -> str:
+    """pydantic's errors as lines ``setting: message`` under the names a file uses: the LMM backend a setting was
+    checked against is said in words (pydantic's ``lmm.openai.max_concurrency`` is ``lmm.max_concurrency``)."""
+    from g3.lmm.registry import BACKENDS
+
+    lines = []
+    for error in exc.errors():
+        where = [str(part) for part in error["loc"]]
+        backend = ""
+        if len(where) > 1 and where[0] == "lmm" and where[1] in BACKENDS:
+            backend = f" (backend {where.pop(1)})"
+        value = f" (got {error['input']!r})" if error["type"] not in ("value_error", "missing") else ""
+        lines.append(f"  {'.'.join(where) or 'the configuration'}{backend}: {error['msg']}{value}"[:600])
+    return "\n".join(lines)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class G3:
     def from_config(cls, source: str | Path | dict[str, Any] | G3Config) -> G3:
         """Load aligner, index, gallery and LMM backend named by a config (YAML path, mapping or object)."""
         config = G3Config.load(source)
-        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
         official.check_assets(config)  # says which command gets the paper's assets before anything loads
         ranker = None
         if config.verify.ranker and config.pipeline.verification:  # a refused ranker fails before the models load

@@ -29,7 +29,7 @@ FETCH_COMMAND = "g3 fetch official"
 
 def default_official_dir(cache_dir: str | Path | None = None) -> Path:
     """Where ``g3 fetch official`` writes the bundle by default: ``<cache>/official``."""
-    return Path(cache_dir or default_cache_dir()) / FOLDER
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / FOLDER
 
 
 def is_official(value: str | None) -> bool:
