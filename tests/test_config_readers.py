@@ -4,13 +4,16 @@ The check walks G3Config's fields recursively (nested configs, every LMM backend
 and looks, by AST, for an attribute access of the field's name in g3's code outside the module that defines it,
 or, in that module, inside a function or method that code elsewhere uses (a setting read where it lives, such as
 ``EnsembleConfig.kept_answers`` reading ``candidates_per_prompt`` for the agent). A read by a validator alone does
-not count: nothing outside calls a validator by name.
+not count: nothing outside calls a validator by name. A read elsewhere counts only through something that names a
+configuration (``config.lmm.model``, ``ensemble.seed``, ``spec.samples``): ``request.seed`` or ``self.model`` of
+another class has a field of the same name, not this setting.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import re
 import typing
 from collections.abc import Iterator
 from functools import cache
@@ -23,6 +26,8 @@ from g3.agent.config import G3Config
 from g3.lmm.registry import config_types
 
 ROOT = Path(g3.__file__).parent
+#: What the expression before ``.setting`` must mention for a read elsewhere to count as a read of the setting.
+CONFIG_RECEIVER = re.compile(r"config|cfg|settings|spec|lmm|ensemble|pipeline|pipe|verify|options|params")
 
 #: Settings read only where they are defined (by a validator or a property of their own config), and why.
 READ_IN_PLACE: dict[str, str] = {}
@@ -57,9 +62,15 @@ def defining_file(model: type[BaseModel], name: str) -> Path:
     return Path(inspect.getfile(owner)).resolve()
 
 
-def read_attributes(node: ast.AST) -> set[str]:
-    """The attribute names read (``x.name`` in a load context) in ``node``."""
-    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}
+def read_attributes(node: ast.AST, *, of_config: bool = False) -> set[str]:
+    """The attribute names read (``x.name`` in a load context) in ``node``; ``of_config``: only where ``x`` names a
+    configuration (`CONFIG_RECEIVER`)."""
+    return {
+        n.attr
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)
+        and (not of_config or CONFIG_RECEIVER.search(ast.unparse(n.value)))
+    }  # fmt: skip
 
 
 def used_names(tree: ast.AST) -> set[str]:
@@ -77,7 +88,7 @@ def modules() -> dict[Path, ast.Module]:
 def used_elsewhere(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     """The attributes the modules other than ``path`` read, and the names they use."""
     elsewhere = [tree for other, tree in modules().items() if other != path]
-    attributes = frozenset().union(*(read_attributes(tree) for tree in elsewhere))
+    attributes = frozenset().union(*(read_attributes(tree, of_config=True) for tree in elsewhere))
     return attributes, frozenset().union(*(used_names(tree) for tree in elsewhere))
 
 
@@ -105,6 +116,9 @@ def test_the_check_tells_a_read_setting_from_an_unread_one() -> None:
     prompts = (ROOT / "lmm" / "prompts.py").resolve()
     assert is_read(prompts, "candidates_per_prompt")  # through EnsembleConfig.kept_answers, called by the agent
     assert not is_read(prompts, "a_setting_nobody_reads")
+    assert "seed" in read_attributes(ast.parse("request.seed")) and not read_attributes(
+        ast.parse("request.seed"), of_config=True
+    )  # another class's field of the same name is no read of the setting
 
 
 def test_every_setting_is_read_outside_its_definition() -> None:
