@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from g3.agent import G3Config
+from g3.errors import RayWorkerError
 from g3.evaluation.datasets import EvalDataset
 from g3.evaluation.runner import BatchDone, EvalSettings, Item, Locator, locate_chunk, run_evaluation
 from g3.ray_support import RayOptions, call_all, ray_session, run_jobs, start_actors, stop_actors, worker_count
@@ -74,7 +75,10 @@ class RayLocator(Locator):
                     yield from ((b, (batch, pools)) for b, batch in enumerate(batches))
 
                 run_jobs(ray, actors, "locate", jobs(), done, describe=lambda b: f"locating batch {b}")
-                call_all(ray, actors, "close", "closing G3")
+                try:  # every batch is located: a worker that fails to close must not cost the run its records
+                    call_all(ray, actors, "close", "closing G3")
+                except RayWorkerError as exc:
+                    log.warning("a Ray worker failed to close its G3 after locating every batch: %s", exc)
             finally:
                 stop_actors(ray, actors)
 
