@@ -167,7 +167,7 @@ def with_lmm(config: G3Config, *, url: str | None = None, model: str | None = No
     else:
         assert model is not None
         backend, named = ("transformers" if model.startswith("tiny://") else "vllm"), {"model": model}
-    lmm = {**carry_over(config.lmm.model_dump(), backend), **named, "backend": backend}
+    lmm = {**carry_over(config.lmm.model_dump(), backend), **named}
     try:
         return G3Config.model_validate({**config.model_dump(), "lmm": lmm})
     except ValidationError as exc:

@@ -143,7 +143,7 @@ def _own_lmm_settings(dump: dict[str, Any]) -> dict[str, Any]:
     lmm = dump.get("lmm") if isinstance(dump, dict) else None
     if not isinstance(lmm, dict) or lmm.get("backend") not in BACKENDS:
         return dump
-    return {**dump, "lmm": {"backend": lmm["backend"], **carry_over(lmm, lmm["backend"])}}
+    return {**dump, "lmm": carry_over(lmm, lmm["backend"])}
 
 
 def locate_chunk(g3: G3, chunk: list[Item], *, concurrency: int = 4, pools: bool = False) -> list[dict[str, Any]]:

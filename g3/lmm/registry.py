@@ -82,10 +82,11 @@ def config_union() -> Any:
 
 
 def carry_over(settings: Mapping[str, Any], backend: str) -> dict[str, Any]:
-    """The part of one backend's ``lmm:`` settings that ``backend`` takes too (model, timeout_s, …), when a
-    configuration switches backends (``extends:`` with another ``lmm.backend``, ``g3 locate --lmm-url``)."""
+    """One backend's ``lmm:`` settings as ``backend``'s: ``backend: NAME`` and the settings it takes too (model,
+    timeout_s, …), when a configuration switches backends (``extends:`` with another ``lmm.backend``, ``g3 locate
+    --lmm-url``) or a saved configuration holds settings its backend does not take."""
     fields = config_type(backend).model_fields
-    return {key: value for key, value in settings.items() if key in fields and key != "backend"}
+    return {**{key: value for key, value in settings.items() if key in fields}, "backend": backend}
 
 
 def make_backend(config: LMMConfig) -> LMMBackend | None:
